@@ -1,0 +1,58 @@
+"""Default config groups shared by the files in `configs/`.
+
+The files in `configs/` start from these and change what their experiment
+needs, so each file reads as a list of differences.
+"""
+
+import ml_collections
+
+
+def vqvae_defaults() -> ml_collections.ConfigDict:
+  """Stage 1: Sonnet's VQ-VAE (128 hiddens, 32 residual hiddens, 2 residual
+  layers, K=512, D=64, beta=0.25, Adam 3e-4, EMA decay 0.99) on MNIST."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.progress_bar = True
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"      # mnist | fashion_mnist | cifar10 | tfds:<name> | folder
+  config.data.dir = ""            # "" -> $VQJAX_DATA_DIR/<name>, then a download cache
+  config.data.image_size = 0      # folder / tfds: resize to this square size (0 = keep)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_hiddens = 128
+  config.model.num_residual_hiddens = 32
+  config.model.num_residual_layers = 2
+  config.model.num_downsamples = 2  # 28x28 -> 7x7 codes
+
+  config.quantizer = ml_collections.ConfigDict()
+  config.quantizer.num_codes = 512  # K
+  config.quantizer.code_dim = 64    # D
+  config.quantizer.beta = 0.25      # commitment cost
+  config.quantizer.use_ema = True
+  config.quantizer.decay = 0.99
+  config.quantizer.epsilon = 1e-5
+  config.quantizer.dead_code_threshold = 1.0  # EMA uses per step; 0 = no restarts
+  config.quantizer.kmeans_init = False
+  config.quantizer.kmeans_iters = 10
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128     # global, over all devices
+  config.train.num_steps = 2000
+  config.train.learning_rate = 3e-4
+  config.train.weight_decay = 0.0
+  config.train.warmup_steps = 0
+  config.train.cosine_decay = False
+  config.train.grad_clip_norm = 0.0
+  config.train.log_every = 100
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every = 1000
+  config.eval.batch_size = 500
+  config.eval.num_images = 32       # images in each reconstruction grid
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every = 500
+  config.checkpoint.max_to_keep = 3
+
+  return config

@@ -1,0 +1,126 @@
+"""The VQ-VAE of van den Oord et al. (2017), in the shape of Sonnet's example."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vqjax.models.layers import ResidualStack, UpsampleConvTranspose, conv_stride2
+from vqjax.models.vector_quantizer import VectorQuantizer
+
+
+class Encoder(nn.Module):
+  """`[B, H, W, C]` -> `[B, H / 2^n, W / 2^n, num_hiddens]`.
+
+  `n = num_downsamples` 4x4 stride-2 convs (ReLU), a 3x3 conv, a residual stack.
+  """
+  num_hiddens: int
+  num_residual_hiddens: int
+  num_residual_layers: int
+  num_downsamples: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.num_downsamples):
+      last = i == self.num_downsamples - 1
+      x = nn.relu(conv_stride2(self.num_hiddens if last else self.num_hiddens // 2)(x))
+    x = nn.Conv(self.num_hiddens, (3, 3), padding="SAME")(x)
+    return ResidualStack(self.num_hiddens, self.num_residual_hiddens,
+                         self.num_residual_layers)(x)
+
+
+class Decoder(nn.Module):
+  """`[B, h, w, D]` -> `[B, h 2^n, w 2^n, out_channels]`, mirroring the encoder."""
+  num_hiddens: int
+  num_residual_hiddens: int
+  num_residual_layers: int
+  out_channels: int
+  num_downsamples: int = 2
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = nn.Conv(self.num_hiddens, (3, 3), padding="SAME")(z)
+    x = ResidualStack(self.num_hiddens, self.num_residual_hiddens,
+                      self.num_residual_layers)(x)
+    for i in range(self.num_downsamples):
+      last = i == self.num_downsamples - 1
+      x = UpsampleConvTranspose(
+          self.out_channels if last else self.num_hiddens // 2)(x)
+      if not last:
+        x = nn.relu(x)
+    return x
+
+
+class VQVAE(nn.Module):
+  """Encoder -> 1x1 conv to D -> VectorQuantizer -> Decoder.
+
+  Images enter as floats in [-0.5, 0.5] (`vqjax.models.to_float`); the
+  reconstruction is on the same scale.
+  """
+  num_hiddens: int = 128
+  num_residual_hiddens: int = 32
+  num_residual_layers: int = 2
+  num_downsamples: int = 2
+  num_codes: int = 512
+  code_dim: int = 64
+  beta: float = 0.25
+  use_ema: bool = True
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  dead_code_threshold: float = 0.0
+  out_channels: int = 1
+  axis_name: str | None = None
+
+  def setup(self):
+    self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
+                           self.num_residual_layers, self.num_downsamples)
+    self.pre_quantization = nn.Conv(self.code_dim, (1, 1))
+    self.quantizer = VectorQuantizer(
+        self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
+        self.epsilon, self.dead_code_threshold, self.axis_name)
+    self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
+                           self.num_residual_layers, self.out_channels,
+                           self.num_downsamples)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` float -> `z_e: [B, h, w, D]`."""
+    return self.pre_quantization(self.encoder(x))
+
+  def decode(self, z_q: jax.Array) -> jax.Array:
+    """`[B, h, w, D]` -> reconstruction `[B, H, W, C]`."""
+    return self.decoder(z_q)
+
+  def codebook(self) -> jax.Array:
+    """`[K, D]`."""
+    return self.quantizer.codebook()
+
+  def encode_to_indices(self, x: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` float -> codes `[B, h, w]` int32."""
+    return self.quantizer(self.encode(x))["indices"]
+
+  def decode_indices(self, indices: jax.Array) -> jax.Array:
+    """Codes `[B, h, w]` int -> images `[B, H, W, C]` float."""
+    return self.decode(jnp.take(self.codebook(), indices, axis=0))
+
+  def set_codebook(self, codebook: jax.Array) -> None:
+    self.quantizer.set_codebook(codebook)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """`x: [B, H, W, C]` float -> dict with `reconstruction` [B, H, W, C],
+    `z_e` [B, h, w, D] and the quantizer's outputs (see `VectorQuantizer`)."""
+    z_e = self.encode(x)
+    out = self.quantizer(z_e, train=train)
+    out["z_e"] = z_e
+    out["reconstruction"] = self.decode(out["quantized"])
+    return out
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 `[..]` in [0, 255] -> float32 in [-0.5, 0.5] (Sonnet's scaling)."""
+  return images.astype(jnp.float32) / 255.0 - 0.5
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+  """Inverse of `to_float`, clipped."""
+  return jnp.clip(jnp.round((images + 0.5) * 255.0), 0, 255).astype(jnp.uint8)

@@ -1,0 +1,86 @@
+"""The one place where vqjax goes data-parallel.
+
+Every train/eval step in vqjax is written for one device, with collectives over
+the axis named `AXIS` (`lax.pmean`/`psum`). This module maps such a step over all
+local devices and moves batches onto them. Swapping `jax.pmap` for
+`jax.shard_map` later means editing this file only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+AXIS = "batch"
+
+
+def data_parallel(step: Callable, donate_state: bool = True, **pmap_kwargs) -> Callable:
+  """Maps `step(state, batch, ...)` over local devices along axis `AXIS`.
+
+  The state argument (position 0) is donated by default, so a step updates its
+  replicated state in place.
+  """
+  donate = (0,) if donate_state else ()
+  return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, **pmap_kwargs)
+
+
+def local_device_count() -> int:
+  return jax.local_device_count()
+
+
+def check_divisible(global_batch_size: int) -> int:
+  """Returns the per-process batch size, or raises a clear error."""
+  processes = jax.process_count()
+  devices = jax.device_count()
+  if global_batch_size % devices:
+    raise ValueError(
+        f"Global batch size {global_batch_size} is not divisible by the "
+        f"{devices} devices; set --config.train.batch_size to a multiple of "
+        f"{devices}.")
+  return global_batch_size // processes
+
+
+def replicate(tree: Any) -> Any:
+  """Copies a pytree onto every local device: leaves gain a leading [D] axis."""
+  return jax_utils.replicate(tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """Takes device 0's copy of a replicated pytree (as host-side arrays)."""
+  return jax.device_get(jax_utils.unreplicate(tree))
+
+
+def shard(batch: Any) -> Any:
+  """Reshapes host arrays `[B, ...]` to `[D, B // D, ...]` for `D` local devices."""
+  devices = jax.local_device_count()
+
+  def _shard(x):
+    x = np.asarray(x)
+    if x.shape[0] % devices:
+      raise ValueError(
+          f"A batch of {x.shape[0]} examples cannot be split over {devices} "
+          f"local devices; use a batch size that is a multiple of {devices}.")
+    return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
+
+  return jax.tree_util.tree_map(_shard, batch)
+
+
+def prefetch_to_devices(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
+  """Shards host batches and keeps `size` of them in flight on the devices."""
+  return jax_utils.prefetch_to_device(map(shard, batches), size)
+
+
+def metrics_to_host(metrics: Any) -> dict[str, float]:
+  """Device 0's copy of (already pmean'd) metrics as Python floats."""
+  return {k: float(v) for k, v in unreplicate(metrics).items()}
+
+
+__all__ = [
+    "AXIS", "data_parallel", "local_device_count", "check_divisible",
+    "replicate", "unreplicate", "shard", "prefetch_to_devices",
+    "metrics_to_host",
+]

@@ -1,0 +1,165 @@
+"""The training loop shared by stage 1 and stage 2.
+
+A `Task` says what to train (state, pure steps, data, pictures); this loop does
+the rest the same way for every model: data order, `pmap`, logging, periodic
+evaluation, Orbax checkpoints and exact resumption.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Protocol
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from vqjax import checkpoint, data, parallel
+from vqjax.logging import MetricWriter
+from vqjax.train.state import TrainState
+
+
+class Task(Protocol):
+  """What the loop needs from one kind of model.
+
+  `train_step`, `eval_step` and `initialize` are pure single-device functions
+  that use collectives over `parallel.AXIS`; the loop maps them over devices.
+  """
+  config: ml_collections.ConfigDict
+  progress_keys: tuple[str, ...]  # metrics shown on the progress bar
+  train_data: data.Dataset
+  test_data: data.Dataset
+
+  def create_train_state(self, rng: jax.Array, batch: dict) -> TrainState: ...
+
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]: ...
+
+  def eval_step(self, state: TrainState, batch: dict) -> dict:
+    """Returns sums over the (global) batch, to be added up over the split."""
+
+  def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]: ...
+
+  has_initialize: bool  # whether to call `initialize` on a fresh run
+
+  def initialize(self, state: TrainState, batch: dict) -> TrainState:
+    """Data-dependent initialisation from the first batch of a fresh run."""
+
+  def checkpoint_meta(self) -> dict:
+    """Extra JSON metadata saved with every checkpoint."""
+
+  def write_images(self, state: TrainState, batches: dict[str, dict],
+                   step: int, workdir: str) -> list[str]: ...
+
+
+def _sum_trees(trees: list[dict]) -> dict:
+  return jax.tree_util.tree_map(lambda *xs: np.sum(np.stack(xs), axis=0), *trees)
+
+
+def evaluate(task: Task, p_eval_step, state, batch_size: int) -> dict[str, float]:
+  """Runs `eval_step` over the whole test split and summarises it."""
+  sums = []
+  for batch in parallel.prefetch_to_devices(
+      data.eval_batches(task.test_data, batch_size)):
+    sums.append(jax.device_get(parallel.unreplicate(p_eval_step(state, batch))))
+  return task.summarize_eval(_sum_trees(sums))
+
+
+def restore_or_create(task: Task, workdir: str, config, rng: jax.Array,
+                      example_batch: dict) -> tuple[TrainState, int, checkpoint.Checkpointer]:
+  """The latest checkpoint in `workdir`, else a fresh state (step 0)."""
+  state = task.create_train_state(rng, example_batch)
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.max_to_keep)
+  if ckpt.latest_step() is not None:
+    saved = checkpoint.read_config(workdir).to_dict()
+    checkpoint.check_same_architecture(
+        saved, config.to_dict(), workdir,
+        groups=tuple(g for g in ("data", "model", "quantizer") if g in config))
+    state, _, step = ckpt.restore(state)
+    logging.info("Resuming from %s at step %d.", ckpt.directory, step)
+    return state, int(step), ckpt
+  return state, 0, ckpt
+
+
+def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
+  """Trains `task` in `workdir` to `config.train.num_steps`, resuming if it can.
+
+  Returns the last evaluation's metrics.
+  """
+  config = task.config
+  is_main = jax.process_index() == 0
+  parallel.check_divisible(config.train.batch_size)
+
+  rng = jax.random.PRNGKey(config.seed)
+  example = next(data.train_batches(task.train_data, config.train.batch_size,
+                                    config.seed))
+  state, start_step, ckpt = restore_or_create(
+      task, workdir, config, rng, {k: v[:1] for k, v in example.items()})
+  if is_main and start_step == 0:
+    checkpoint.write_config(workdir, config)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  p_train_step = parallel.data_parallel(task.train_step)
+  p_eval_step = parallel.data_parallel(task.eval_step, donate_state=False)
+  state = parallel.replicate(state)
+
+  batches = parallel.prefetch_to_devices(data.train_batches(
+      task.train_data, config.train.batch_size, config.seed, start_step))
+  if start_step == 0 and getattr(task, "has_initialize", False):
+    first = parallel.shard(next(data.train_batches(
+        task.train_data, config.train.batch_size, config.seed)))
+    state = parallel.data_parallel(task.initialize)(state, first)
+
+  num_steps = config.train.num_steps
+  eval_every = config.eval.every
+  ckpt_every = config.checkpoint.every
+  fixed = {"train": example,
+           "test": next(data.eval_batches(task.test_data, config.train.batch_size))}
+  eval_metrics: dict[str, float] = {}
+  pending, window_start, window_steps = [], time.perf_counter(), 0
+
+  def save(step):
+    ckpt.save(step, parallel.unreplicate(state),
+              {"config": checkpoint.config_to_dict(config),
+               **task.checkpoint_meta()})
+
+  progress = tqdm(range(start_step, num_steps), initial=start_step,
+                  total=num_steps, disable=not is_main or not
+                  config.get("progress_bar", True), desc=os.path.basename(
+                      os.path.normpath(workdir)), dynamic_ncols=True)
+  for step in progress:
+    state, metrics = p_train_step(state, next(batches))
+    pending.append(metrics)
+    window_steps += 1
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      host = [parallel.unreplicate(m) for m in pending]
+      averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      elapsed = time.perf_counter() - window_start
+      averaged["images_per_sec"] = (window_steps * config.train.batch_size
+                                    / max(elapsed, 1e-9))
+      writer.write(done, averaged, "train")
+      progress.set_postfix({k: f"{averaged[k]:.4g}" for k in
+                            task.progress_keys if k in averaged})
+      pending, window_start, window_steps = [], time.perf_counter(), 0
+    if done % eval_every == 0 or done == num_steps:
+      eval_metrics = evaluate(task, p_eval_step, state,
+                              config.eval.batch_size)
+      writer.write(done, eval_metrics, "test")
+      if is_main:
+        host_state = parallel.unreplicate(state)
+        for path in task.write_images(host_state, fixed, done, workdir):
+          logging.info("Wrote %s", path)
+      window_start = time.perf_counter()
+    if done % ckpt_every == 0 or done == num_steps:
+      save(done)
+      window_start = time.perf_counter()
+  progress.close()
+  if start_step >= num_steps:
+    logging.info("%s is already trained to step %d (num_steps=%d); nothing to do.",
+                 workdir, start_step, num_steps)
+  ckpt.close()
+  writer.close()
+  return eval_metrics

@@ -1,0 +1,43 @@
+"""The train state shared by every vqjax trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+from flax import struct
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus `model_state`: the model's non-param collections
+  (e.g. the EMA codebook in `vq_ema`), updated by the step, not by gradients."""
+  model_state: Any = struct.field(default_factory=dict)
+
+  def variables(self) -> dict:
+    """`{"params": ..., **model_state}` for `module.apply`."""
+    return {"params": self.params, **self.model_state}
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam(W) with optional warm-up/cosine schedule and gradient clipping.
+
+  Reads `config.train`: learning_rate, weight_decay, warmup_steps,
+  cosine_decay (bool), num_steps, grad_clip_norm (0 = off).
+  """
+  train = config.train
+  lr: Any = train.learning_rate
+  if train.get("cosine_decay", False) or train.get("warmup_steps", 0):
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, train.learning_rate, max(train.get("warmup_steps", 0), 1),
+        train.num_steps,
+        end_value=train.learning_rate if not train.get("cosine_decay", False)
+        else 0.0)
+  chain = []
+  if train.get("grad_clip_norm", 0):
+    chain.append(optax.clip_by_global_norm(train.grad_clip_norm))
+  if train.get("weight_decay", 0):
+    chain.append(optax.adamw(lr, weight_decay=train.weight_decay))
+  else:
+    chain.append(optax.adam(lr))
+  return optax.chain(*chain)
