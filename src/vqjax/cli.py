@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -23,6 +24,47 @@ def init_distributed() -> None:
     jax.distributed.initialize()
 
 
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).replace("\\n", " ").split()).strip("'\"")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config mistakes (a misspelt `--config.a.b`, a bad
+  config file or value) reported in one line instead of a traceback."""
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      flags.FLAGS.config.keys()  # config_flags defers load errors to first use
+    return rest
+  except OSError as e:
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+                "?")
+    reason = ("no such file" if not os.path.exists(path.split(":")[0])
+              else _one_line(e))
+    print(f"error: cannot load --config={path}: {reason}; pass the path of a "
+          "config file such as configs/mnist_vqvae.py.", file=sys.stderr)
+  except flags.Error as e:
+    message = str(e)
+    if "Traceback" in message:  # keep the flag and the config file's own error
+      flag = message.split(":", 1)[0]
+      message = f"{flag}: {message.strip().splitlines()[-1]}"
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a key that is not there.
+    match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(e))
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    wrong = match.group(2) if match else _one_line(e).split()[0].strip("'\"")
+    culprit = next((o for o in overrides if f".{wrong}." in o + "."),
+                   "a --config override")
+    hint = f' (did you mean "{match.group(1)}"?)' if match else ""
+    print(f"error: {culprit} names no key of the config{hint}; "
+          "config keys cannot be added from the command line.",
+          file=sys.stderr)
+  except Exception as e:  # the config file itself failed to load
+    print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+  sys.exit(2)
+
+
 def run(main: Callable[[], None]) -> None:
   """`app.run` with user errors printed as one line and exit status 2."""
 
@@ -39,6 +81,6 @@ def run(main: Callable[[], None]) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(_main)
+  app.run(_main, flags_parser=parse_flags)
 
 

@@ -50,8 +50,17 @@ def replicate(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """Takes device 0's copy of a replicated pytree (as host-side arrays)."""
-  return jax.device_get(jax_utils.unreplicate(tree))
+  """Takes the first local device's copy of a replicated (or pmapped) pytree,
+  as host arrays: leaves lose their leading [D] axis."""
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      # Each shard of a pmapped array is [1, ...]; reading one shard avoids
+      # gathering all D copies (flax's unreplicate mis-shapes 1-device pmaps).
+      return np.asarray(x.addressable_shards[0].data)[0]
+    return np.asarray(x)[0]
+
+  return jax.tree_util.tree_map(first, tree)
 
 
 def shard(batch: Any) -> Any:

@@ -53,7 +53,8 @@ class VQVAETask:
     self.model = make_model(config, channels, axis_name=AXIS)
     self.host_model = make_model(config, channels)
     self.has_initialize = bool(config.quantizer.get("kmeans_init", False))
-    self._rng = jax.random.PRNGKey(config.seed + 1)
+    self._rng, self._kmeans_rng = jax.random.split(
+        jax.random.PRNGKey(config.seed), 2)
 
   def checkpoint_meta(self) -> dict:
     return {"image_shape": list(self.train_data.shape),
@@ -135,8 +136,8 @@ class VQVAETask:
     cfg = self.config.quantizer
     z_e = self.model.apply(state.variables(), to_float(batch["image"]),
                            method=VQVAE.encode)
-    centres = quantizer.kmeans(z_e, cfg.num_codes, jax.random.fold_in(
-        self._rng, -1), cfg.kmeans_iters, axis_name=AXIS)
+    centres = quantizer.kmeans(z_e, cfg.num_codes, self._kmeans_rng,
+                               cfg.kmeans_iters, axis_name=AXIS)
     if cfg.use_ema:
       _, model_state = self.model.apply(state.variables(), centres,
                                         method=VQVAE.set_codebook,

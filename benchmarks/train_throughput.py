@@ -1,0 +1,336 @@
+"""Train-step throughput and model-FLOP utilisation (MFU) on the local devices.
+
+  export VQJAX_DATA_DIR=/work/shared/data
+  python benchmarks/train_throughput.py                 # stage 1, MNIST config
+  python benchmarks/train_throughput.py --breakdown     # + per-component costs
+  python benchmarks/train_throughput.py --json --repeats 7 --steps 10
+
+The step is built exactly as training builds it: the task's `train_step`,
+mapped over the local devices by `vqjax.parallel.data_parallel` (pmap, state
+donated), a replicated train state and a sharded batch of real data. Warm-up
+(compilation and the first steps) is excluded; each repeat times `--steps`
+consecutive steps ended by `block_until_ready`, and the median repeat is
+reported.
+
+Model FLOPs per step come from XLA's cost analysis of the compiled step
+(the pmapped step lowered and compiled for the same shapes; XLA reports the
+per-device program, so it is multiplied by the device count). MFU is the
+achieved FLOP/s divided by the dense float32 matmul FLOP/s measured in the same
+process (median of `jnp.dot` on 2048 x 2048 matrices), so both numbers see the
+same CPU load.
+
+Stages are registered in `STAGES`: a function of the parsed args returning a
+`Bench` (pmapped step, its args, global batch size). Stage 2 (the PixelCNN
+prior) is still to be added: write `_stage2(args) -> Bench` and register it.
+
+No XLA flags are set by this script (the figures are for default flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Bench:
+  """What the timing loop needs for one training stage.
+
+  Attributes:
+    name: printed in the table.
+    step_fn: the mapped step `(state, batch) -> (state, metrics)`; its state
+      argument is donated, so the loop feeds each output state back in.
+    state: the replicated train state.
+    batch: the sharded batch `{"image": [D, B / D, H, W, C] uint8, ...}`.
+    batch_size: global images per step.
+    breakdown: optional `() -> list[dict]` of per-component rows.
+  """
+  name: str
+  step_fn: Callable
+  state: Any
+  batch: Any
+  batch_size: int
+  breakdown: Callable[[], list[dict]] | None = None
+
+
+def load_config(path: str):
+  """`get_config(variant)` of a config file: `path[:variant]`."""
+  path, _, variant = path.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(_ROOT, path)
+  spec = importlib.util.spec_from_file_location("_bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, inner: int = 1) -> float:
+  """Median over `repeats` of the seconds per call of `fn` (after a warm-up)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(inner):
+      out = fn()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / inner)
+  return statistics.median(times)
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of one run of a compiled XLA executable (per device)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 7) -> float:
+  """Dense float32 `[n, n] @ [n, n]` FLOP/s (median), default precision."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  seconds = _median_time(lambda: dot(a, b), repeats, inner=3)
+  return 2.0 * n ** 3 / seconds
+
+
+# ----------------------------------------------------------------- stage 1 --
+
+def _stage1(args) -> Bench:
+  from vqjax import data, parallel  # pylint: disable=g-import-not-at-top
+  from vqjax.train import vqvae  # pylint: disable=g-import-not-at-top
+
+  config = load_config(args.config or "configs/mnist_vqvae.py")
+  if args.batch_size:
+    config.train.batch_size = args.batch_size
+  batch_size = config.train.batch_size
+  parallel.check_divisible(batch_size)
+  task = vqvae.VQVAETask(config)
+  example = next(data.train_batches(task.train_data, batch_size, config.seed))
+  state = task.create_train_state(jax.random.PRNGKey(config.seed),
+                                  {k: v[:1] for k, v in example.items()})
+  step_fn = parallel.data_parallel(task.train_step)
+  bench = Bench(name="vqvae", step_fn=step_fn,
+                state=parallel.replicate(state),
+                batch=jax.device_put(parallel.shard(example)),
+                batch_size=batch_size)
+  per_device = batch_size // jax.local_device_count()
+  x = vqvae.to_float(jnp.asarray(example["image"][:per_device]))
+  bench.breakdown = lambda: vqvae_breakdown(task, state, x, args.repeats)
+  return bench
+
+
+def _fwd_bwd(fn: Callable, params, *inputs) -> Callable:
+  """jit of the gradient of `sum(fn(params, *inputs) * cotangent)` w.r.t.
+  params and the float inputs: one forward and one backward pass."""
+
+  def loss(params, *inputs):
+    out = fn(params, *inputs)
+    return sum(jnp.sum(o * jnp.cos(o)) for o in jax.tree_util.tree_leaves(out)
+               if jnp.issubdtype(o.dtype, jnp.floating))
+
+  argnums = tuple(i for i, v in enumerate((params,) + inputs)
+                  if jax.tree_util.tree_leaves(v) and all(
+                      jnp.issubdtype(l.dtype, jnp.floating)
+                      for l in jax.tree_util.tree_leaves(v)))
+  return jax.jit(jax.grad(loss, argnums=argnums))
+
+
+def _time_component(name: str, fn: Callable, params, inputs: tuple,
+                    repeats: int) -> dict:
+  step = _fwd_bwd(fn, params, *inputs)
+  compiled = step.lower(params, *inputs).compile()
+  flops = compiled_flops(compiled)
+  seconds = _median_time(lambda: compiled(params, *inputs), repeats, inner=3)
+  return {"component": name, "ms": 1e3 * seconds, "gflop": flops / 1e9,
+          "gflop_per_s": flops / seconds / 1e9}
+
+
+def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
+  """Forward + backward time of each VQ-VAE component on one device's batch.
+
+  Each component is jitted on its own with its real input shapes; the sum of
+  the rows approximates the step minus the optimizer and glue (XLA fuses
+  across components in the full step, so the rows do not add up exactly).
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
+  from vqjax.models import layers  # pylint: disable=g-import-not-at-top
+
+  model = task.host_model
+  params = state.params
+  enc, dec = params["encoder"], params["decoder"]
+  cfg = task.config
+  nh = cfg.model.num_hiddens
+  stack = lambda: layers.ResidualStack(nh, cfg.model.num_residual_hiddens,
+                                       cfg.model.num_residual_layers)
+  conv3 = nn.Conv(nh, (3, 3), padding="SAME")
+  rows = []
+
+  def add(name, module, p, inp):
+    rows.append(_time_component(
+        name, lambda p, i: module.apply({"params": p}, i), p, (inp,), repeats))
+    return module.apply({"params": p}, inp)
+
+  h = x
+  down = sorted(k for k in enc if k.startswith("Conv_") and
+                enc[k]["kernel"].shape[:2] == (4, 4))
+  for i, k in enumerate(down):
+    feats = enc[k]["kernel"].shape[-1]
+    h = jax.nn.relu(add(f"encoder {k} 4x4/2 {h.shape[-1]}->{feats}",
+                        layers.conv_stride2(feats), enc[k], h))
+  convs = sorted(k for k in enc if k.startswith("Conv_") and k not in down)
+  for k in convs:
+    h = add(f"encoder {k} 3x3 {h.shape[-1]}->{nh}", conv3, enc[k], h)
+  h = add("encoder residual stack", stack(), enc["ResidualStack_0"], h)
+  code_dim = cfg.quantizer.code_dim
+  z = add(f"pre-quantization 1x1 {nh}->{code_dim}",
+          nn.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
+
+  # The quantizer: as in training (EMA update + dead-code restart).
+  qmodel = model.quantizer if hasattr(model, "quantizer") else None
+  del qmodel
+  ema = state.model_state["vq_ema"]["quantizer"]
+  q = vq.EMAState(**ema)
+  key = jax.random.PRNGKey(0)
+
+  def quant(p, z):
+    del p
+    codebook = q.codebook
+    indices = vq.nearest_code(z, codebook)
+    z_q = vq.lookup(indices, codebook)
+    new = vq.ema_update(q, z, indices, cfg.quantizer.decay,
+                        cfg.quantizer.epsilon)
+    new, _ = vq.restart_dead_codes(new, z, key,
+                                   max(cfg.quantizer.dead_code_threshold, 0.0),
+                                   cfg.quantizer.decay)
+    return (vq.straight_through(z, z_q), vq.commitment_loss(z, z_q),
+            jax.lax.stop_gradient(new.codebook))
+
+  rows.append(_time_component("quantizer (EMA + restart)", quant, {}, (z,),
+                              repeats))
+  zq = vq.lookup(vq.nearest_code(z, q.codebook), q.codebook)
+  h = add(f"decoder Conv_0 3x3 {code_dim}->{nh}", conv3, dec["Conv_0"], zq)
+  h = add("decoder residual stack", stack(), dec["ResidualStack_0"], h)
+  ups = sorted(k for k in dec if k.startswith("UpsampleConvTranspose_"))
+  for i, k in enumerate(ups):
+    feats = dec[k]["kernel"].shape[-1]
+    h = add(f"decoder {k} 4x4/2T {h.shape[-1]}->{feats}",
+            layers.UpsampleConvTranspose(feats), dec[k], h)
+    if i < len(ups) - 1:
+      h = jax.nn.relu(h)
+  return rows
+
+
+STAGES: dict[str, Callable[[Any], Bench]] = {"1": _stage1}
+
+
+# ------------------------------------------------------------------ driver --
+
+def measure(bench: Bench, steps: int, repeats: int) -> dict:
+  """Times `bench.step_fn`, reads its FLOPs; returns a row of the table."""
+  step_fn, state, batch = bench.step_fn, bench.state, bench.batch
+  compiled = step_fn.lower(state, batch).compile()
+  flops = compiled_flops(compiled) * jax.local_device_count()
+
+  # Warm-up: compile and run a few steps (not timed).
+  for _ in range(3):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step_fn(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append((time.perf_counter() - start) / steps)
+  bench.state = state
+  seconds = statistics.median(times)
+  return {"step": bench.name, "batch": bench.batch_size,
+          "devices": jax.local_device_count(),
+          "images_per_s": bench.batch_size / seconds,
+          "step_ms": 1e3 * seconds,
+          "step_ms_all": [1e3 * t for t in times],
+          "gflop_per_step": flops / 1e9,
+          "achieved_gflop_per_s": flops / seconds / 1e9}
+
+
+def _load() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--stage", default="1", choices=sorted(STAGES))
+  parser.add_argument("--config", default="",
+                      help="config file[:variant] (default: the stage's).")
+  parser.add_argument("--batch-size", type=int, default=0,
+                      help="global batch (default: the config's).")
+  parser.add_argument("--steps", type=int, default=10,
+                      help="steps per timed repeat.")
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="timed repeats; the median is reported.")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time each component's forward + backward.")
+  parser.add_argument("--json", action="store_true",
+                      help="print one JSON object instead of tables.")
+  args = parser.parse_args(argv)
+
+  bench = STAGES[args.stage](args)
+  matmul_before = matmul_flops_per_s()
+  row = measure(bench, args.steps, args.repeats)
+  matmul_after = matmul_flops_per_s()
+  matmul = statistics.median([matmul_before, matmul_after])
+  row["matmul_gflop_per_s"] = matmul / 1e9
+  row["mfu"] = row["achieved_gflop_per_s"] * 1e9 / matmul
+  row["load_average"] = _load()
+  row["jax"] = jax.__version__
+  row["platform"] = jax.devices()[0].platform
+  result = {"train_step": row}
+  if args.breakdown and bench.breakdown is not None:
+    result["breakdown"] = bench.breakdown()
+
+  if args.json:
+    print(json.dumps(result, indent=2))
+    return 0
+  print(f"jax {row['jax']} on {row['devices']} {row['platform']} device(s); "
+        f"load average {row['load_average']}; step times (ms): "
+        + ", ".join(f"{t:.1f}" for t in row["step_ms_all"]))
+  header = (f"{'step':<8}{'batch':>6}{'images/s':>10}{'step ms':>9}"
+            f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'matmul GFLOP/s':>16}{'MFU':>7}")
+  print(header)
+  print(f"{row['step']:<8}{row['batch']:>6}{row['images_per_s']:>10.1f}"
+        f"{row['step_ms']:>9.1f}{row['gflop_per_step']:>12.2f}"
+        f"{row['achieved_gflop_per_s']:>9.1f}{row['matmul_gflop_per_s']:>16.1f}"
+        f"{100 * row['mfu']:>6.1f}%")
+  if "breakdown" in result:
+    print()
+    print(f"{'component (forward + backward)':<44}{'ms':>8}{'GFLOP':>8}"
+          f"{'GFLOP/s':>9}")
+    for r in result["breakdown"]:
+      print(f"{r['component']:<44}{r['ms']:>8.2f}{r['gflop']:>8.3f}"
+            f"{r['gflop_per_s']:>9.1f}")
+    total = sum(r["ms"] for r in result["breakdown"])
+    print(f"{'sum of components':<44}{total:>8.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared test helpers: the real data folder, configs and subprocess runs."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def real_data_dir() -> str | None:
+  for path in (os.environ.get("VQJAX_DATA_DIR"),
+               os.path.join(REPO, "..", "shared", "data")):
+    if path and os.path.isdir(os.path.join(path, "mnist")):
+      return os.path.abspath(path)
+  return None
+
+
+@pytest.fixture
+def mnist_dir(monkeypatch):
+  path = real_data_dir()
+  if path is None:
+    pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
+  monkeypatch.setenv("VQJAX_DATA_DIR", path)
+  return path
+
+
+def load_config(name: str, variant: str = ""):
+  """`configs/<name>.py:get_config(variant)`, as the CLI would load it."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def run_python(args: list[str], env: dict | None = None, timeout: int = 600,
+               cwd: str = REPO) -> subprocess.CompletedProcess:
+  """Runs `python <args>` in a fresh interpreter (so XLA_FLAGS take effect)."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,66 @@
+"""Orbax round trips and exact resumption of an interrupted run."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config
+from vqjax import checkpoint
+from vqjax.train import vqvae
+
+
+def _assert_trees_equal(a, b, **tol):
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=str(path), **tol)
+
+
+def test_save_restore_round_trip(tmp_path, mnist_dir):
+  task = vqvae.VQVAETask(load_config("mnist_vqvae", "tiny"))
+  batch = {"image": task.train_data.images[:1]}
+  state = task.create_train_state(jax.random.PRNGKey(0), batch)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2)
+  ckpt.save(7, state, {"note": "hello"})
+  ckpt.wait()
+  fresh = task.create_train_state(jax.random.PRNGKey(1), batch)
+  restored, meta, step = ckpt.restore(fresh)
+  ckpt.close()
+  assert step == 7 and meta == {"note": "hello"}
+  _assert_trees_equal(restored.params, state.params, rtol=0, atol=0)
+  _assert_trees_equal(restored.model_state, state.model_state, rtol=0, atol=0)
+  _assert_trees_equal(restored.opt_state, state.opt_state, rtol=0, atol=0)
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_dir):
+  config = load_config("mnist_vqvae", "tiny")  # 6 steps, checkpoint every 3
+  straight = str(tmp_path / "straight")
+  vqvae.train_and_evaluate(config, straight)
+
+  resumed = str(tmp_path / "resumed")
+  first_half = load_config("mnist_vqvae", "tiny")
+  first_half.train.num_steps = 3
+  vqvae.train_and_evaluate(first_half, resumed)
+  assert checkpoint.Checkpointer(resumed).latest_step() == 3
+  vqvae.train_and_evaluate(config, resumed)
+
+  a = vqvae.restore_vqvae(straight)
+  b = vqvae.restore_vqvae(resumed)
+  assert a.step == b.step == 6
+  _assert_trees_equal(a.variables, b.variables, rtol=1e-6, atol=1e-7)
+
+
+def test_resuming_with_another_architecture_is_a_clear_error(tmp_path, mnist_dir):
+  config = load_config("mnist_vqvae", "tiny")
+  config.train.num_steps = 3
+  vqvae.train_and_evaluate(config, str(tmp_path))
+  config.model.num_hiddens = 32
+  with pytest.raises(checkpoint.CheckpointError, match="model.num_hiddens=16"):
+    vqvae.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 3  # kept
+
+
+def test_restore_from_a_folder_that_is_not_a_run(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="not a vqjax run"):
+    vqvae.restore_vqvae(str(tmp_path))

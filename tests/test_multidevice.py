@@ -1,0 +1,65 @@
+"""One train step on 2 devices equals the 1-device step on the same batch."""
+
+import textwrap
+
+from conftest import REPO, run_python
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    sys.path.insert(0, "tests")
+    from conftest import load_config
+    from flax import jax_utils
+    from vqjax import data, parallel
+    from vqjax.train.vqvae import VQVAETask
+
+    assert jax.local_device_count() == 2, jax.devices()
+    config = load_config("mnist_vqvae", "tiny")
+    config.quantizer.kmeans_init = True
+    config.quantizer.kmeans_iters = 3
+    task = VQVAETask(config)
+    batches = data.train_batches(task.train_data, 16, seed=0)
+    steps = [next(batches) for _ in range(3)]
+    state0 = task.create_train_state(jax.random.PRNGKey(0),
+                                     {k: v[:1] for k, v in steps[0].items()})
+
+    def run(devices):
+      pmapped = lambda f: jax.pmap(f, axis_name=parallel.AXIS, devices=devices)
+      shard = lambda b: jax.tree.map(
+          lambda x: x.reshape((len(devices), -1) + x.shape[1:]), b)
+      state = jax_utils.replicate(state0, devices=devices)
+      state = pmapped(task.initialize)(state, shard(steps[0]))
+      metrics = []
+      for batch in steps:
+        state, m = pmapped(task.train_step)(state, shard(batch))
+        metrics.append(parallel.unreplicate(m))
+      return parallel.unreplicate(state), metrics
+
+    one, m1 = run(jax.devices()[:1])
+    two, m2 = run(jax.devices()[:2])
+    for name in ("params", "opt_state", "model_state"):
+      a, b = getattr(one, name), getattr(two, name)
+      flat_a = jax.tree_util.tree_leaves_with_path(a)
+      flat_b = jax.tree_util.tree_leaves(b)
+      for (path, x), y in zip(flat_a, flat_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4,
+                                   atol=2e-5, err_msg=f"{name}{path}")
+    for a, b in zip(m1, m2):
+      for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
+    assert m1[0]["codes_restarted"] >= 0
+    try:
+      parallel.check_divisible(15)
+    except ValueError as e:
+      assert "not divisible by the 2 devices" in str(e), e
+    else:
+      raise AssertionError("15 over 2 devices was accepted")
+    print("EQUAL")
+""")
+
+
+def test_two_device_step_equals_one_device_step(mnist_dir):
+  result = run_python(["-c", SCRIPT], env={
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+      "PYTHONPATH": REPO}, timeout=900)
+  assert "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]

@@ -1,0 +1,171 @@
+"""Tests for the Gated PixelCNN: shapes, causality (no blind spot), conditioning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqjax.models.pixelcnn import GatedPixelCNN
+
+V = 3  # categories per channel in the causality tests
+H = W = 5
+
+
+def _randomize(params, key, scale=0.1):
+  """Perturbs every parameter, so that no path is zero by chance.
+
+  Small random biases are added everywhere; the ReLUs feeding the head get
+  large positive biases, since a dead ReLU would legitimately zero every
+  gradient of its position and fail the non-zero checks. The weights keep
+  their LeCun-normal scale, which keeps the gates clear of saturation (whose
+  float32 derivative can round to exactly zero).
+  """
+  def leaf(path, x, k):
+    name = jax.tree_util.keystr(path)
+    x = x + scale * jax.random.normal(k, x.shape, x.dtype)
+    if "skip_bias" in name or "head_hidden_bias" in name:
+      x = x + 10.0
+    return x
+
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+  return jax.tree_util.tree_map_with_path(leaf, params, keys)
+
+
+def _dependencies(model, params, labels=None, cond=None, seed=0):
+  """dep[p, q] = |d logits at raster index p / d one-hot at q|, summed.
+
+  Raster index of (i, j, c) is (i * W + j) * C + c. Returns [HWC, HWC].
+  """
+  c = model.num_channels
+  x = jax.random.randint(jax.random.key(seed), (1, H, W, c), 0, V)
+  onehot = jax.nn.one_hot(x, V)
+  proj = jax.random.normal(jax.random.key(seed + 1), (H, W, c, V))
+
+  def f(onehot):
+    logits = model.apply(params, onehot, labels, cond,
+                         method=GatedPixelCNN.logits_from_onehot)
+    return (logits[0] * proj).sum(-1)  # [H, W, C]
+
+  jac = jax.jit(jax.jacrev(f))(onehot)  # [H, W, C, 1, H, W, C, V]
+  n = H * W * c
+  return np.abs(np.asarray(jac)).sum(axis=(3, -1)).reshape(n, n)
+
+
+def _receptive_field(num_channels, num_layers, kernel_size):
+  """rf[p, q]: raster position q is earlier than p and within reach.
+
+  Vertical reach upwards: d + 1 rows from layer 0, d more per later layer.
+  Column reach: d per layer each side (vertical), d per layer leftwards in
+  the current row (horizontal); d = kernel_size // 2.
+  """
+  d = kernel_size // 2
+  up = d + 1 + num_layers * d
+  side = (num_layers + 1) * d
+  c = num_channels
+  n = H * W * c
+  rf = np.zeros((n, n), bool)
+  for p in range(n):
+    i, j, ch = p // (W * c), (p // c) % W, p % c
+    for q in range(p):
+      i2, j2 = q // (W * c), (q // c) % W
+      if i2 == i:
+        rf[p, q] = j2 == j or j - j2 <= side
+      else:
+        rf[p, q] = i - i2 <= up and abs(j - j2) <= side
+  return rf
+
+
+def _check_causal(dep, rf):
+  n = dep.shape[0]
+  later = np.triu(np.ones((n, n), bool))  # q >= p: same or later position
+  assert np.all(dep[later] == 0), "logits depend on a same-or-later position"
+  assert np.all(dep[rf] > 0), "an earlier position in the receptive field is unseen"
+  assert np.all(dep[~rf & ~later] == 0)
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("num_layers", [1, 2, 4])
+def test_causal_without_blind_spot(num_layers, kernel_size, num_channels):
+  model = GatedPixelCNN(num_values=V, num_channels=num_channels, features=6,
+                        num_layers=num_layers, kernel_size=kernel_size,
+                        head_features=6)
+  x = jnp.zeros((1, H, W, num_channels), jnp.int32)
+  params = _randomize(model.init(jax.random.key(0), x), jax.random.key(1))
+  dep = _dependencies(model, params)
+  _check_causal(dep, _receptive_field(num_channels, num_layers, kernel_size))
+
+
+@pytest.mark.parametrize("num_layers,kernel_size", [(4, 3), (1, 5)])
+def test_deep_enough_model_sees_all_earlier_positions(num_layers, kernel_size):
+  """Earlier pixels past the blind-spot wedge (up-right) are all seen."""
+  rf = _receptive_field(3, num_layers, kernel_size)
+  assert np.array_equal(rf, np.tril(np.ones_like(rf), k=-1))
+  model = GatedPixelCNN(num_values=V, num_channels=3, features=6,
+                        num_layers=num_layers, kernel_size=kernel_size,
+                        head_features=6)
+  x = jnp.zeros((1, H, W, 3), jnp.int32)
+  params = _randomize(model.init(jax.random.key(0), x), jax.random.key(2))
+  dep = _dependencies(model, params, seed=3)
+  n = dep.shape[0]
+  assert np.all((dep > 0) == np.tril(np.ones((n, n), bool), k=-1))
+
+
+def test_conditioning_is_causal_and_matters():
+  c, num_classes, cond_features = 3, 4, 2
+  model = GatedPixelCNN(num_values=V, num_channels=c, features=6, num_layers=2,
+                        kernel_size=3, head_features=6, num_classes=num_classes,
+                        cond_features=cond_features)
+  x = jnp.zeros((1, H, W, c), jnp.int32)
+  labels = jnp.array([1])
+  cond = jax.random.normal(jax.random.key(5), (1, H, W, cond_features))
+  params = _randomize(model.init(jax.random.key(0), x, labels, cond),
+                      jax.random.key(4))
+  dep = _dependencies(model, params, labels, cond)
+  _check_causal(dep, _receptive_field(c, 2, 3))
+
+  logits = model.apply(params, x, labels, cond)
+  other_label = model.apply(params, x, jnp.array([2]), cond)
+  other_cond = model.apply(params, x, labels, cond + 1.0)
+  assert np.abs(logits - other_label).min() > 0
+  assert np.abs(logits - other_cond).min() > 0
+
+
+def test_missing_conditioning_raises():
+  model = GatedPixelCNN(num_values=V, features=4, num_layers=1, kernel_size=3,
+                        head_features=4, num_classes=3)
+  x = jnp.zeros((1, 3, 3, 1), jnp.int32)
+  params = model.init(jax.random.key(0), x, jnp.array([0]))
+  with pytest.raises(ValueError, match="labels"):
+    model.apply(params, x)
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_shapes_dtypes_and_onehot_path(num_channels):
+  b, h, w, v = 2, 4, 3, 7
+  model = GatedPixelCNN(num_values=v, num_channels=num_channels, features=6,
+                        num_layers=2, kernel_size=5, head_features=6)
+  x = jax.random.randint(jax.random.key(0), (b, h, w, num_channels), 0, v)
+  params = model.init(jax.random.key(1), x)
+  logits = model.apply(params, x)
+  assert logits.shape == (b, h, w, num_channels, v)
+  assert logits.dtype == jnp.float32
+  from_onehot = model.apply(params, jax.nn.one_hot(x, v),
+                            method=GatedPixelCNN.logits_from_onehot)
+  np.testing.assert_allclose(from_onehot, logits, atol=1e-5)
+
+
+def test_bfloat16_compute_returns_float32_logits():
+  model = GatedPixelCNN(num_values=5, features=8, num_layers=1, kernel_size=3,
+                        head_features=8, dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 3, 3, 1), jnp.int32)
+  params = model.init(jax.random.key(0), x)
+  assert jax.tree.leaves(params)[0].dtype == jnp.float32
+  assert model.apply(params, x).dtype == jnp.float32
+
+
+def test_features_must_divide_into_channel_groups():
+  model = GatedPixelCNN(num_values=4, num_channels=3, features=8)
+  with pytest.raises(ValueError, match="divisible"):
+    model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3), jnp.int32))
