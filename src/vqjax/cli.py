@@ -10,10 +10,12 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from vqjax.checkpoint import CheckpointError
+from vqjax.configs import ConfigError
+from vqjax.data import DataError
 
 # Errors that mean "the input was wrong", reported in one line, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ValueError,
-                                                FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError,
+                                                DataError)
 
 
 def init_distributed() -> None:
@@ -84,3 +86,15 @@ def run(main: Callable[[], None]) -> None:
   app.run(_main, flags_parser=parse_flags)
 
 
+
+
+def train_main(train_and_evaluate: Callable[..., object]) -> None:
+  """The whole of a training script: `--config` (locked, so a misspelt
+  override is an error), `--workdir`, then `train_and_evaluate(config, workdir)`."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "Path to a config file, "
+                                  "optionally with ':variant'.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and "
+                      "images; an existing run there is resumed.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  run(lambda: train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir))

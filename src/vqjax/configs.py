@@ -7,6 +7,10 @@ needs, so each file reads as a list of differences.
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work, with what to set instead."""
+
+
 def vqvae_defaults() -> ml_collections.ConfigDict:
   """Stage 1: Sonnet's VQ-VAE (128 hiddens, 32 residual hiddens, 2 residual
   layers, K=512, D=64, beta=0.25, Adam 3e-4, EMA decay 0.99) on MNIST."""
@@ -55,4 +59,52 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.checkpoint.every = 500
   config.checkpoint.max_to_keep = 3
 
+  return config
+
+
+def prior_defaults() -> ml_collections.ConfigDict:
+  """Stage 2: a Gated PixelCNN prior over the codes of a stage-1 run.
+
+  With `vqvae_workdir` empty the same PixelCNN models raw pixels instead
+  (256 values per channel).
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.progress_bar = True
+  config.vqvae_workdir = ""        # stage-1 run folder; "" = model raw pixels
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"
+  config.data.dir = ""
+  config.data.image_size = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.features = 64
+  config.model.num_layers = 8     # gated layers after the first (mask A) one
+  config.model.kernel_size = 5
+  config.model.head_features = 128
+  config.model.conditional = False  # class-conditional on the dataset labels
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 64
+  config.train.num_steps = 2000
+  config.train.learning_rate = 1e-3
+  config.train.weight_decay = 0.0
+  config.train.warmup_steps = 0
+  config.train.cosine_decay = True
+  config.train.grad_clip_norm = 1.0
+  config.train.log_every = 100
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every = 1000
+  config.eval.batch_size = 500
+  config.eval.num_samples = 16     # samples drawn for the picture at each eval
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.temperature = 1.0
+  config.sample.method = "cached"  # cached | plain
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every = 1000
+  config.checkpoint.max_to_keep = 3
   return config

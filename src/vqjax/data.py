@@ -57,7 +57,8 @@ class Dataset:
 
   Attributes:
     name: the source name, e.g. 'mnist' or 'tfds:celeb_a'.
-    images: [N, H, W, C] uint8.
+    images: [N, H, W, C] uint8 pixels (or int16/int32 codes: a stage-2 prior
+      trains on VQ-VAE codes through the same batching).
     labels: [N] int32; all zeros when the source has no labels.
     num_classes: number of label classes; 0 when the source has no labels.
   """
@@ -67,9 +68,11 @@ class Dataset:
   num_classes: int
 
   def __post_init__(self):
-    if self.images.ndim != 4 or self.images.dtype != np.uint8:
+    if self.images.ndim != 4 or self.images.dtype not in (np.uint8, np.int16,
+                                                          np.int32):
       raise DataError(
-          f"Dataset {self.name!r}: images must be [N, H, W, C] uint8, got "
+          f"Dataset {self.name!r}: images must be [N, H, W, C] uint8 (or int "
+          f"codes), got "
           f"{self.images.shape} {self.images.dtype}.")
     if self.labels.shape != self.images.shape[:1] or self.labels.dtype != np.int32:
       raise DataError(

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from flax import jax_utils
 
+from vqjax.configs import ConfigError
+
 AXIS = "batch"
 
 
@@ -37,7 +39,7 @@ def check_divisible(global_batch_size: int) -> int:
   processes = jax.process_count()
   devices = jax.device_count()
   if global_batch_size % devices:
-    raise ValueError(
+    raise ConfigError(
         f"Global batch size {global_batch_size} is not divisible by the "
         f"{devices} devices; set --config.train.batch_size to a multiple of "
         f"{devices}.")
@@ -70,7 +72,7 @@ def shard(batch: Any) -> Any:
   def _shard(x):
     x = np.asarray(x)
     if x.shape[0] % devices:
-      raise ValueError(
+      raise ConfigError(
           f"A batch of {x.shape[0]} examples cannot be split over {devices} "
           f"local devices; use a batch size that is a multiple of {devices}.")
     return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqjax.models.layers import ResidualStack, UpsampleConvTranspose, conv_stride2
+from vqjax.models.layers import (Conv, ResidualStack, UpsampleConvTranspose,
+                                 conv_stride2)
 from vqjax.models.vector_quantizer import VectorQuantizer
 
 
@@ -25,7 +26,7 @@ class Encoder(nn.Module):
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       x = nn.relu(conv_stride2(self.num_hiddens if last else self.num_hiddens // 2)(x))
-    x = nn.Conv(self.num_hiddens, (3, 3), padding="SAME")(x)
+    x = Conv(self.num_hiddens, (3, 3), padding="SAME")(x)
     return ResidualStack(self.num_hiddens, self.num_residual_hiddens,
                          self.num_residual_layers)(x)
 
@@ -40,7 +41,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = nn.Conv(self.num_hiddens, (3, 3), padding="SAME")(z)
+    x = Conv(self.num_hiddens, (3, 3), padding="SAME")(z)
     x = ResidualStack(self.num_hiddens, self.num_residual_hiddens,
                       self.num_residual_layers)(x)
     for i in range(self.num_downsamples):
@@ -75,7 +76,7 @@ class VQVAE(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.num_downsamples)
-    self.pre_quantization = nn.Conv(self.code_dim, (1, 1))
+    self.pre_quantization = Conv(self.code_dim, (1, 1))
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
         self.epsilon, self.dead_code_threshold, self.axis_name)

@@ -13,6 +13,7 @@ import numpy as np
 from jax import lax
 
 from vqjax import checkpoint, data, images, quantizer
+from vqjax.configs import ConfigError
 from vqjax.models.vector_quantizer import EMA_COLLECTION, RESTART_RNG
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
@@ -42,7 +43,7 @@ class VQVAETask:
 
   def __init__(self, config: ml_collections.ConfigDict):
     if config.quantizer.dead_code_threshold > 0 and not config.quantizer.use_ema:
-      raise ValueError("quantizer.dead_code_threshold > 0 needs the EMA "
+      raise ConfigError("quantizer.dead_code_threshold > 0 needs the EMA "
                        "codebook; set --config.quantizer.use_ema=True or "
                        "--config.quantizer.dead_code_threshold=0.")
     self.config = config
