@@ -1,0 +1,95 @@
+"""Stage 2: the prior's link to its VQ-VAE, and the whole pipeline end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import load_config, run_python
+from vqjax import checkpoint
+from vqjax.train import prior as prior_lib
+from vqjax.train import vqvae as vqvae_lib
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A tiny VQ-VAE (K=32), a prior on it, and a second VQ-VAE with K=16."""
+  from conftest import real_data_dir
+  if real_data_dir() is None:
+    pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
+  os.environ["VQJAX_DATA_DIR"] = real_data_dir()
+  root = tmp_path_factory.mktemp("stage2")
+  vqvae_dir, other_dir, prior_dir = (str(root / n) for n in ("vqvae", "other", "prior"))
+  config = load_config("mnist_vqvae", "tiny")
+  config.train.num_steps = 3
+  vqvae_lib.train_and_evaluate(config, vqvae_dir)
+  other = load_config("mnist_vqvae", "tiny")
+  other.train.num_steps = 2
+  other.quantizer.num_codes = 16
+  vqvae_lib.train_and_evaluate(other, other_dir)
+  prior_config = load_config("mnist_prior", "tiny")
+  prior_config.vqvae_workdir = vqvae_dir
+  prior_config.eval.num_samples = 0
+  metrics = prior_lib.train_and_evaluate(prior_config, prior_dir)
+  return {"vqvae": vqvae_dir, "other": other_dir, "prior": prior_dir,
+          "prior_config": prior_config, "metrics": metrics}
+
+
+def test_prior_checkpoint_records_and_restores_its_vqvae(runs):
+  restored = prior_lib.restore_prior(runs["prior"])
+  assert restored.vqvae.workdir == os.path.abspath(runs["vqvae"])
+  assert restored.vqvae.step == 3
+  meta, _ = checkpoint.Checkpointer(runs["prior"]).restore_meta()
+  assert meta["vqvae"]["step"] == 3
+  assert meta["vqvae"]["config"]["quantizer"]["num_codes"] == 32
+  assert meta["num_values"] == 32 and meta["grid_shape"] == [7, 7, 1]
+  # The codes the prior trained on are those of the linked VQ-VAE.
+  with np.load(os.path.join(runs["prior"], "codes_test.npz")) as cached:
+    codes = cached["codes"]
+  from vqjax import data
+  test = data.load(runs["prior_config"].data, "test")
+  np.testing.assert_array_equal(codes[:50, ..., 0],
+                                restored.vqvae.encode(test.images[:50]))
+
+
+def test_prior_reports_nll_against_uniform_baseline(runs):
+  metrics = runs["metrics"]
+  assert metrics["uniform_bits"] == pytest.approx(5.0)  # log2(32)
+  assert 0 < metrics["bits"] < 6
+  assert metrics["nll_nats"] == pytest.approx(metrics["bits"] * np.log(2))
+
+
+def test_prior_pointed_at_another_vqvae_is_a_clear_error(runs):
+  with pytest.raises(checkpoint.CheckpointError, match=r"K=32 .* K=16"):
+    prior_lib.restore_prior(runs["prior"], vqvae_workdir=runs["other"])
+  resumed = load_config("mnist_prior", "tiny")
+  resumed.vqvae_workdir = runs["other"]
+  with pytest.raises(checkpoint.CheckpointError, match="K=16"):
+    prior_lib.PriorTask(resumed, runs["prior"])
+  assert checkpoint.Checkpointer(runs["prior"]).latest_step() == 4  # kept
+
+
+def test_pipeline_end_to_end_on_mnist(tmp_path, mnist_dir):
+  vqvae_dir, prior_dir = str(tmp_path / "vqvae"), str(tmp_path / "prior")
+  result = run_python(["train_vqvae.py", "--config=configs/mnist_vqvae.py:tiny",
+                       f"--workdir={vqvae_dir}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_python(["train_prior.py", "--config=configs/mnist_prior.py:tiny",
+                       f"--workdir={prior_dir}",
+                       f"--config.vqvae_workdir={vqvae_dir}",
+                       "--config.model.conditional=True"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(os.path.join(prior_dir, "images", "samples_000004.png"))
+  result = run_python(["sample.py", f"--workdir={prior_dir}", "--num=10"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = os.path.join(prior_dir, "samples")
+  for mode in ("prior_samples", "class_conditional", "random_codes",
+               "codes_near_test"):
+    assert os.path.exists(os.path.join(out, f"{mode}.png")), mode
+    assert os.path.exists(os.path.join(out, f"{mode}.npy")), mode
+  samples = np.load(os.path.join(out, "prior_samples.npy"))
+  assert samples.shape == (10, 7, 7, 1) and samples.max() < 32
+  assert np.load(os.path.join(out, "class_conditional.npy")).shape == (10, 7, 7, 1)
+  records = [json.loads(l) for l in open(os.path.join(prior_dir, "metrics.jsonl"))]
+  assert any(r["split"] == "test" and "bits" in r for r in records)
