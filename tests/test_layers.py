@@ -19,8 +19,8 @@ def _assert_same_function(fast, plain, x, key=1):
     fast, plain: Flax modules taking one input x.
     x: their input.
   """
-  variables = plain.init(jax.random.PRNGKey(key), x)
-  fast_variables = fast.init(jax.random.PRNGKey(key), x)
+  init = lambda m: jax.jit(m.init)(jax.random.PRNGKey(key), x)
+  variables, fast_variables = init(plain), init(fast)
   assert (jax.tree_util.tree_structure(variables)
           == jax.tree_util.tree_structure(fast_variables))
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables,
@@ -29,17 +29,19 @@ def _assert_same_function(fast, plain, x, key=1):
   variables = jax.tree_util.tree_map(
       lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(7), v.shape),
       variables)
-  y_plain, y_fast = plain.apply(variables, x), fast.apply(variables, x)
+
+  @jax.jit
+  def outputs_and_grads(variables, x):
+    y_plain, vjp_plain = jax.vjp(plain.apply, variables, x)
+    y_fast, vjp_fast = jax.vjp(fast.apply, variables, x)
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), y_plain.shape)
+    return y_plain, y_fast, vjp_plain(cotangent), vjp_fast(cotangent)
+
+  y_plain, y_fast, g_plain, g_fast = outputs_and_grads(variables, x)
   assert y_plain.shape == y_fast.shape
   np.testing.assert_allclose(y_fast, y_plain, **TOL)
-  cotangent = jax.random.normal(jax.random.PRNGKey(3), y_plain.shape)
-
-  def grads(module):
-    loss = lambda v, x: jnp.sum(module.apply(v, x) * cotangent)
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
-
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOL),
-                         grads(fast), grads(plain))
+                         g_fast, g_plain)
 
 
 def _input(shape, key=0):
@@ -111,13 +113,20 @@ class _PlainDecoder(nn.Module):
     return nn.ConvTranspose(1, (4, 4), (2, 2), padding="SAME")(x)
 
 
+def _swap(name, prefixes):
+  """'Prefix_3' -> 'NewPrefix_3' for the prefixes in `prefixes`."""
+  prefix, _, index = name.rpartition("_")
+  return f"{prefixes.get(prefix, prefix)}_{index}"
+
+
 def test_vqvae_params_and_function_match_plain_flax_layers():
   model = VQVAE(num_hiddens=16, num_residual_hiddens=8, num_residual_layers=1,
                 num_codes=8, code_dim=4, use_ema=False)
   x = _input((2, 28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x)["params"]
-  rename = lambda p: {k.replace("_PlainStack", "ResidualStack"): v
-                      for k, v in p.items()}
+  plain_to_fast = {"_PlainStack": "ResidualStack",
+                   "ConvTranspose": "UpsampleConvTranspose"}
+  rename = lambda p: {_swap(k, plain_to_fast): v for k, v in p.items()}
   encoder, decoder = _PlainEncoder(), _PlainDecoder()
   enc_params = rename(encoder.init(jax.random.PRNGKey(1), x)["params"])
   z = model.apply({"params": params}, x, method=VQVAE.encode)
@@ -126,8 +135,8 @@ def test_vqvae_params_and_function_match_plain_flax_layers():
   assert shapes(params["encoder"]) == shapes(enc_params)
   assert shapes(params["decoder"]) == shapes(dec_params)
 
-  unrename = lambda p: {k.replace("ResidualStack", "_PlainStack"): v
-                        for k, v in p.items()}
+  fast_to_plain = {v: k for k, v in plain_to_fast.items()}
+  unrename = lambda p: {_swap(k, fast_to_plain): v for k, v in p.items()}
 
   def plain(params, x):
     h = encoder.apply({"params": unrename(params["encoder"])}, x)
