@@ -157,3 +157,10 @@ def test_functions_are_jittable(z_and_codebook):
   np.testing.assert_array_equal(out["indices"], vq.nearest_code(z, codebook))
   state = jax.jit(vq.ema_update)(vq.ema_init(codebook), z, out["indices"])
   assert state.codebook.shape == (K, D)
+
+
+def test_functional_api_imports_without_flax():
+  from conftest import run_python
+  result = run_python(["-c", "import sys, vqjax; vqjax.nearest_code; "
+                       "print('flax' in sys.modules)"])
+  assert result.stdout.strip() == "False", result.stderr
