@@ -18,10 +18,17 @@ install: $(VENV)/.installed
 test: install
 	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests
 
+# The MNIST pipeline: VQ-VAE (stage 1), PixelCNN prior on its codes (stage 2),
+# samples decoded to pictures. Re-running resumes/skips finished stages.
 demo: install
 	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) train_vqvae.py --config=configs/mnist_vqvae.py \
-	  --workdir=$(RUNS)/vqvae
-	@echo "Reconstructions: $(RUNS)/vqvae/images/"
+	  --workdir=$(RUNS)/vqvae $(DEMO_VQVAE_FLAGS)
+	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) train_prior.py --config=configs/mnist_prior.py \
+	  --workdir=$(RUNS)/prior --config.vqvae_workdir=$(RUNS)/vqvae $(DEMO_PRIOR_FLAGS)
+	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) sample.py --workdir=$(RUNS)/prior --num=64
+	@echo "Pictures:"
+	@echo "  reconstructions: $(RUNS)/vqvae/images/"
+	@echo "  samples:         $(RUNS)/prior/samples/"
 
 benchmark: install
 	$(PY) benchmarks/train_throughput.py
