@@ -99,8 +99,9 @@ def _check_args(model, shape, temperature, labels, cond, method):
         f"{model.num_channels}.")
   if model.num_classes:
     if labels is None or jnp.shape(labels) != (b,):
+      got = None if labels is None else jnp.shape(labels)
       raise ValueError(f"pass labels of shape [{b}] for a class-conditional "
-                       f"model, got {None if labels is None else jnp.shape(labels)}.")
+                       f"model, got {got}.")
   elif labels is not None:
     raise ValueError("labels given but model.num_classes == 0.")
   if model.cond_features:

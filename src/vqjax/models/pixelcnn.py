@@ -4,12 +4,13 @@
 
 Layout of one gated layer (F = `features`, d = `kernel_size // 2`):
 
-  vertical stack    v_pre = conv_{(d+1) x k}(v_in) + cond      -> v_out = gate(v_pre)
-  horizontal stack  h_pre = conv_{1 x (d+1)}(h_in) + link(v_pre) + cond
-                    g     = gate(h_pre)
-                    h_out = res_{1x1}(g) + h_in                  (no residual in layer 0)
-                    skip  = skip_{1x1}(g)                        (summed over layers)
+  vertical    v_pre = conv_{(d+1) x k}(v_in) + cond;   v_out = gate(v_pre)
+  horizontal  h_pre = conv_{1 x (d+1)}(h_in) + link_{1x1}(v_pre) + cond
+              g     = gate(h_pre)
+              h_out = res_{1x1}(g) + h_in     (layer 0: no residual)
+              skip  = skip_{1x1}(g)           (summed over layers into the head)
   gate(a) = tanh(a[..., :F]) * sigmoid(a[..., F:])
+  head        logits = 1x1(relu(1x1(relu(sum of skips))))
 
 Causality is by construction (no masked kernels on the vertical stack): the
 vertical activations of row i only ever see input rows < i. Layer 0's vertical
@@ -21,8 +22,9 @@ Channels of a pixel (R -> G -> B for C = 3) are ordered by splitting every
 horizontal-stack feature axis into C groups. On the centre tap and on every
 1x1 conv of the horizontal stack and head, output group c sees input groups < c
 (mask A, layer 0, whose input groups are the per-channel embeddings) or <= c
-(mask B, everything after). The logits of channel c come from head group c, so
-they depend on earlier pixels and on channels < c of the current pixel only.
+(mask B, everything after). The logits of channel c come from head groups
+<= c, so they depend on earlier pixels and on channels < c of the current
+pixel only. The vertical stack sees whole rows above, so it needs no groups.
 
 Everything a layer computes is a VALID convolution of an explicitly padded
 input, so the cached sampler (`vqjax.sampling`) calls the very same layer code
@@ -130,7 +132,12 @@ class GatedLayer(nn.Module):
       self.cond_proj = nn.Dense(2 * f, dtype=self.dtype, param_dtype=pd)
 
   def conditioning(self, labels: Array | None, cond: Array | None):
-    """Bias added to both gates: labels [B], cond [B, h, w, F_c] -> [B, h|1, w|1, 2F] or 0."""
+    """Bias for both gates, broadcastable to [B, h, w, 2F] (or 0).
+
+    Args:
+      labels: [B] class labels (used iff num_classes > 0).
+      cond: [B, h, w, F_c] conditioning map (used iff cond_features > 0).
+    """
     bias = 0.0
     if self.num_classes:
       bias = self.label_embed(labels)[:, None, None, :]
@@ -139,7 +146,9 @@ class GatedLayer(nn.Module):
     return bias
 
   def vertical(self, v_in: Array, bias) -> Array:
-    """Vertical pre-activation: v_in [B, h + d, w + 2d, F] (padded) -> [B, h, w, 2F].
+    """Vertical pre-activation: v_in [B, h + d, w + 2d, F] -> [B, h, w, 2F].
+
+    v_in is already padded: d columns on both sides, d rows on top.
 
     For layer 0 the caller shifts the input down one row (rows < i only).
     """
@@ -274,9 +283,13 @@ class GatedPixelCNN(nn.Module):
   def _check_conditioning(self, labels, cond):
     if self.num_classes and labels is None:
       raise ValueError("This model is class-conditional: pass labels [B].")
+    if not self.num_classes and labels is not None:
+      raise ValueError("labels given, but num_classes == 0.")
     if self.cond_features and cond is None:
       raise ValueError(
           "This model is spatially conditioned: pass cond [B, H, W, F_c].")
+    if not self.cond_features and cond is not None:
+      raise ValueError("cond given, but cond_features == 0.")
 
   def _forward(self, emb: Array, labels, cond) -> Array:
     """emb [B, H, W, F] -> logits [B, H, W, C, V] float32."""

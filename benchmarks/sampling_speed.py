@@ -1,0 +1,154 @@
+"""Samples/s of plain vs cached Gated PixelCNN sampling.
+
+  python benchmarks/sampling_speed.py            # full run
+  python benchmarks/sampling_speed.py --quick    # fewer repeats and steps
+  python benchmarks/sampling_speed.py --json     # machine-readable output
+
+Each sampler is compiled and run once first (warm-up), then timed as the
+median of a few runs. A plain step is a full forward pass of fixed cost, so
+where a full plain run would take too long (28x28: H*W full passes per batch)
+it is timed over its first `plain_steps` steps and extrapolated to H*W*C steps;
+the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from vqjax import sampling
+from vqjax.models.pixelcnn import GatedPixelCNN
+
+# Shipped model sizes.
+FEATURES = 128
+NUM_LAYERS = 12
+KERNEL_SIZE = 5
+HEAD_FEATURES = 256
+BATCH = 64
+
+# name -> grid, values per channel, plain steps timed (None: the whole sample).
+CONFIGS = {
+    "prior_7x7_K512": dict(height=7, width=7, channels=1, num_values=512,
+                           plain_steps=None),
+    "pixels_28x28_V256": dict(height=28, width=28, channels=1,
+                              num_values=256, plain_steps=16),
+}
+
+
+def _time(fn, repeats: int) -> tuple[float, float]:
+  """(first-call seconds, median seconds of `repeats` later calls)."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
+          plain_steps: int | None) -> dict:
+  h, w, c = cfg["height"], cfg["width"], cfg["channels"]
+  model = GatedPixelCNN(
+      num_values=cfg["num_values"], num_channels=c, features=FEATURES,
+      num_layers=NUM_LAYERS, kernel_size=KERNEL_SIZE,
+      head_features=HEAD_FEATURES)
+  shape = (batch, h, w, c)
+  # Parameter values do not matter for speed; an "rbg" key compiles faster.
+  params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
+                               jnp.zeros((1, h, w, c), jnp.int32))
+  key = jax.random.key(0)
+  total_steps = h * w * c
+
+  cached_compile, cached_s = _time(
+      lambda: sampling.sample(model, params, key, shape, method="cached"),
+      repeats)
+
+  steps = total_steps if plain_steps is None else min(plain_steps, total_steps)
+  plain_compile, plain_run_s = _time(
+      lambda: sampling._run(model, params, key, shape, 1.0, None, None,
+                            "plain", return_logits=False, num_steps=steps)[0],
+      plain_repeats)
+  plain_s = plain_run_s * total_steps / steps
+
+  return {
+      "name": name,
+      "shape": list(shape),
+      "num_values": cfg["num_values"],
+      "plain_seconds": plain_s,
+      "plain_samples_per_s": batch / plain_s,
+      "plain_steps_timed": steps,
+      "plain_extrapolated": steps < total_steps,
+      "plain_repeats": plain_repeats,
+      "plain_first_call_seconds": plain_compile,
+      "cached_seconds": cached_s,
+      "cached_samples_per_s": batch / cached_s,
+      "cached_repeats": repeats,
+      "cached_first_call_seconds": cached_compile,
+      "speedup": plain_s / cached_s,
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="1 plain and 2 cached repeats, <= 4 plain steps.")
+  parser.add_argument("--json", action="store_true",
+                      help="print one JSON object instead of a table.")
+  parser.add_argument("--batch", type=int, default=BATCH)
+  parser.add_argument("--plain-steps", type=int, default=None,
+                      help="time this many plain steps for every config and "
+                           "extrapolate (default: per config).")
+  parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS),
+                      help="run only these configs.")
+  args = parser.parse_args()
+
+  repeats, plain_repeats = (2, 1) if args.quick else (5, 3)
+  results = []
+  for name in args.only or CONFIGS:
+    cfg = CONFIGS[name]
+    steps = cfg["plain_steps"] if args.plain_steps is None else args.plain_steps
+    if args.quick:
+      steps = 4 if steps is None else min(steps, 4)
+    results.append(bench(name, cfg, args.batch, repeats, plain_repeats, steps))
+
+  report = {
+      "device": str(jax.devices()[0]),
+      "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "model": dict(features=FEATURES, num_layers=NUM_LAYERS,
+                    kernel_size=KERNEL_SIZE, head_features=HEAD_FEATURES),
+      "results": results,
+  }
+  if args.json:
+    print(json.dumps(report, indent=2))
+    return
+  print(f"device: {report['device']} ({report['backend']}), "
+        f"jax {jax.__version__}")
+  print("model: " + ", ".join(f"{k}={v}" for k, v in report["model"].items()))
+  header = (f"{'config':<20}{'batch shape':<18}{'plain s':>10}{'plain /s':>10}"
+            f"{'cached s':>10}{'cached /s':>11}{'speedup':>9}")
+  print(header)
+  print("-" * len(header))
+  for r in results:
+    star = "*" if r["plain_extrapolated"] else ""
+    print(f"{r['name']:<20}{'x'.join(map(str, r['shape'])):<18}"
+          f"{r['plain_seconds']:>9.2f}{star:1}{r['plain_samples_per_s']:>10.3f}"
+          f"{r['cached_seconds']:>10.2f}{r['cached_samples_per_s']:>11.2f}"
+          f"{r['speedup']:>8.1f}x")
+  for r in results:
+    if r["plain_extrapolated"]:
+      print(f"* {r['name']}: plain timed over {r['plain_steps_timed']} of "
+            f"{r['shape'][1] * r['shape'][2] * r['shape'][3]} steps, "
+            "extrapolated.")
+
+
+if __name__ == "__main__":
+  main()

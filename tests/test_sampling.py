@@ -1,0 +1,163 @@
+"""Tests for the samplers: exact distribution, determinism, cached == plain."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from vqjax.models.pixelcnn import GatedPixelCNN
+from vqjax.sampling import sample, sample_with_logits
+
+
+def random_params(model, *args, seed=0, logit_scale=1.0):
+  """Random LeCun-normal parameters from NumPy, in `model.init`'s shapes.
+
+  model.init's random initializers compile slowly on XLA:CPU. `logit_scale`
+  scales the output layer, to make the conditionals far from uniform.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, x):
+    name = jax.tree_util.keystr(path)
+    value = rng.standard_normal(x.shape).astype(np.float32)
+    if "kernel" in name:
+      value /= np.sqrt(np.prod(x.shape[:-1]))
+    elif "bias" in name:
+      value *= 0.1
+    if "head_out" in name:
+      value *= logit_scale
+    return jnp.asarray(value)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def _joint_log_probs(model, params, shape, temperature):
+  """log p(x) of every x in {0..V-1}^(H*W*C), lexicographic in raster order."""
+  _, h, w, c = shape
+  v = model.num_values
+  configs = np.array(list(itertools.product(range(v), repeat=h * w * c)))
+  x = jnp.asarray(configs.reshape(-1, h, w, c))
+  logits = jax.jit(model.apply)(params, x)
+  log_cond = jax.nn.log_softmax(logits / temperature, axis=-1)
+  picked = jnp.take_along_axis(log_cond, x[..., None], axis=-1)
+  return np.asarray(picked.reshape(len(configs), -1).sum(-1), np.float64)
+
+
+def _config_index(samples, v):
+  flat = np.asarray(samples).reshape(len(samples), -1)
+  return flat @ (v ** np.arange(flat.shape[1] - 1, -1, -1))
+
+
+def _chisquare_pvalue(counts, probs, min_expected=5.0):
+  """Pearson chi-square p-value, pooling bins expected below `min_expected`."""
+  expected = probs * counts.sum()
+  small = expected < min_expected
+  obs = np.append(counts[~small], counts[small].sum())
+  exp = np.append(expected[~small], expected[small].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+@pytest.mark.parametrize("method,grid", [
+    ("plain", (2, 2, 1, 3)),
+    ("cached", (2, 2, 1, 3)),
+    ("cached", (1, 2, 3, 2)),
+])
+def test_samples_follow_the_model_joint(method, grid):
+  h, w, c, v = grid
+  n = 20000
+  shape = (n, h, w, c)
+  model = GatedPixelCNN(num_values=v, num_channels=c, features=6,
+                        num_layers=1, kernel_size=3, head_features=6)
+  params = random_params(model, jnp.zeros((1, h, w, c), jnp.int32), seed=3,
+                         logit_scale=4.0)
+  for temperature, seed in [(1.0, 0), (0.6, 1)]:
+    probs = np.exp(_joint_log_probs(model, params, shape, temperature))
+    # Only a causal model's conditionals multiply into a normalised joint.
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
+    samples = sample(model, params, jax.random.key(seed), shape,
+                     temperature=temperature, method=method)
+    counts = np.bincount(_config_index(samples, v), minlength=len(probs))
+    assert _chisquare_pvalue(counts, probs) > 1e-3
+    # Power check: the same counts reject the product of the marginals.
+    marginals = probs.reshape((v,) * (h * w * c))
+    independent = np.ones_like(marginals)
+    for axis in range(marginals.ndim):
+      others = tuple(a for a in range(marginals.ndim) if a != axis)
+      shape_1d = [1] * marginals.ndim
+      shape_1d[axis] = v
+      independent = independent * marginals.sum(others).reshape(shape_1d)
+    assert _chisquare_pvalue(counts, independent.ravel()) < 1e-3
+
+
+def test_same_key_same_samples():
+  model = GatedPixelCNN(num_values=5, features=8, num_layers=1, kernel_size=3,
+                        head_features=8)
+  shape = (4, 3, 4, 1)
+  params = random_params(model, jnp.zeros(shape, jnp.int32))
+  a = sample(model, params, jax.random.key(0), shape)
+  b = sample(model, params, jax.random.key(0), shape)
+  other = sample(model, params, jax.random.key(1), shape)
+  assert a.shape == shape and a.dtype == jnp.int32
+  assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < 5))
+  np.testing.assert_array_equal(a, b)
+  assert np.any(np.asarray(a) != np.asarray(other))
+
+
+@pytest.mark.parametrize("num_channels,conditioned,kernel_size", [
+    (1, False, 3),
+    (3, False, 5),
+    (1, True, 5),
+    (3, True, 3),
+])
+def test_cached_sampler_matches_full_forward(num_channels, conditioned,
+                                             kernel_size):
+  b, h, w, c = 3, 4, 5, num_channels
+  model = GatedPixelCNN(
+      num_values=6, num_channels=c, features=12, num_layers=2,
+      kernel_size=kernel_size, head_features=12,
+      num_classes=4 if conditioned else 0,
+      cond_features=2 if conditioned else 0)
+  labels = cond = None
+  if conditioned:
+    labels = jnp.array([0, 3, 1])
+    cond = jnp.asarray(np.random.default_rng(0).standard_normal(
+        (b, h, w, 2)).astype(np.float32))
+  shape = (b, h, w, c)
+  params = random_params(model, jnp.zeros(shape, jnp.int32), labels, cond,
+                         seed=1, logit_scale=3.0)
+  key = jax.random.key(7)
+
+  cached, cached_logits = sample_with_logits(
+      model, params, key, shape, temperature=0.8, labels=labels, cond=cond,
+      method="cached")
+  plain, plain_logits = sample_with_logits(
+      model, params, key, shape, temperature=0.8, labels=labels, cond=cond,
+      method="plain")
+  np.testing.assert_array_equal(cached, plain)
+  full = jax.jit(model.apply)(params, cached, labels, cond)
+  np.testing.assert_allclose(cached_logits, full, atol=1e-4)
+  np.testing.assert_allclose(plain_logits, full, atol=1e-4)
+
+
+def test_invalid_arguments():
+  model = GatedPixelCNN(num_values=3, features=4, num_layers=1, kernel_size=3,
+                        head_features=4, num_classes=2)
+  shape = (2, 2, 2, 1)
+  params = random_params(model, jnp.zeros(shape, jnp.int32), jnp.zeros(2, int))
+  key = jax.random.key(0)
+  labels = jnp.array([0, 1])
+  for temperature in (0.0, -1.0):
+    with pytest.raises(ValueError, match="temperature"):
+      sample(model, params, key, shape, temperature=temperature, labels=labels)
+  with pytest.raises(ValueError, match="method"):
+    sample(model, params, key, shape, labels=labels, method="fast")
+  with pytest.raises(ValueError, match="num_channels"):
+    sample(model, params, key, (2, 2, 2, 3), labels=labels)
+  with pytest.raises(ValueError, match="labels"):
+    sample(model, params, key, shape)
