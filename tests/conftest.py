@@ -6,6 +6,9 @@ import subprocess
 import sys
 import tempfile
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +54,34 @@ def run_python(args: list[str], env: dict | None = None, timeout: int = 600,
   full_env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def random_pixelcnn_params(model, *args, seed=0, logit_scale=1.0,
+                           open_relus=False):
+  """Random parameters from NumPy, in the shapes `model.init` would give.
+
+  Avoids model.init, whose random initializers compile slowly on XLA:CPU.
+  Kernels are LeCun-normal, tables N(0, 1), biases N(0, 0.1^2), so gates stay
+  clear of saturation (whose float32 derivative can round to exactly zero).
+  `logit_scale` scales the output layer (conditionals far from uniform);
+  `open_relus` gives the ReLUs feeding the head large positive biases.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, x):
+    name = jax.tree_util.keystr(path)
+    value = rng.standard_normal(x.shape).astype(np.float32)
+    if "kernel" in name:
+      value /= np.sqrt(np.prod(x.shape[:-1]))
+    elif "bias" in name:
+      value *= 0.1
+      if open_relus and "skip_bias" in name:
+        value += 1.0
+      elif open_relus and "head_hidden_bias" in name:
+        value += 50.0
+    if "head_out" in name:
+      value *= logit_scale
+    return jnp.asarray(value)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)

@@ -7,42 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_pixelcnn_params
 from vqjax.models.pixelcnn import GatedPixelCNN
 
 V = 3  # categories per channel in the causality tests
 H = W = 5
 
 
+def random_params(model, *args, seed=0):
+  # Open ReLUs into the head: a dead ReLU would legitimately zero gradients.
+  return random_pixelcnn_params(model, *args, seed=seed, open_relus=True)
+
+
 def _apply(model, params, *args, method=None):
   return jax.jit(functools.partial(model.apply, method=method))(params, *args)
-
-
-def random_params(model, *args, seed=0):
-  """Random parameters from NumPy, in the shapes `model.init` would give.
-
-  Avoids model.init, whose jitted or eager random initializers compile slowly
-  on XLA:CPU. Kernels are LeCun-normal, tables N(0, 1), biases N(0, 0.1^2),
-  so gates stay clear of saturation (whose float32 derivative can round to
-  exactly zero). The ReLUs feeding the head get large positive biases: a dead
-  ReLU would legitimately zero every gradient at its position.
-  """
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, x):
-    name = jax.tree_util.keystr(path)
-    value = rng.standard_normal(x.shape).astype(np.float32)
-    if "kernel" in name:
-      value /= np.sqrt(np.prod(x.shape[:-1]))
-    elif "bias" in name:
-      value *= 0.1
-      if "skip_bias" in name:
-        value += 1.0
-      elif "head_hidden_bias" in name:
-        value += 50.0
-    return jnp.asarray(value)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def _dependencies(model, params, labels=None, cond=None, seed=0):

@@ -8,31 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import random_pixelcnn_params as random_params
 from vqjax.models.pixelcnn import GatedPixelCNN
 from vqjax.sampling import sample, sample_with_logits
-
-
-def random_params(model, *args, seed=0, logit_scale=1.0):
-  """Random LeCun-normal parameters from NumPy, in `model.init`'s shapes.
-
-  model.init's random initializers compile slowly on XLA:CPU. `logit_scale`
-  scales the output layer, to make the conditionals far from uniform.
-  """
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, x):
-    name = jax.tree_util.keystr(path)
-    value = rng.standard_normal(x.shape).astype(np.float32)
-    if "kernel" in name:
-      value /= np.sqrt(np.prod(x.shape[:-1]))
-    elif "bias" in name:
-      value *= 0.1
-    if "head_out" in name:
-      value *= logit_scale
-    return jnp.asarray(value)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def _joint_log_probs(model, params, shape, temperature):
