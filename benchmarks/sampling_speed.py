@@ -18,25 +18,34 @@ import json
 import statistics
 import time
 
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 
 from vqjax import sampling
-from vqjax.models.pixelcnn import GatedPixelCNN
+from vqjax.train.prior import make_model
 
-# Shipped model sizes.
-FEATURES = 128
-NUM_LAYERS = 12
-KERNEL_SIZE = 5
-HEAD_FEATURES = 256
 BATCH = 64
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> grid, values per channel, plain steps timed (None: the whole sample).
+
+def shipped_config(name: str):
+  """`configs/<name>.py:get_config()`: the model sizes the benchmark uses."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(_ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# name -> config file, grid, values per channel, plain steps timed (None: all).
 CONFIGS = {
-    "prior_7x7_K512": dict(height=7, width=7, channels=1, num_values=512,
-                           plain_steps=None),
-    "pixels_28x28_V256": dict(height=28, width=28, channels=1,
-                              num_values=256, plain_steps=16),
+    "prior_7x7_K512": dict(config="mnist_prior", height=7, width=7,
+                           channels=1, num_values=512, plain_steps=None),
+    "pixels_28x28_V256": dict(config="mnist_pixelcnn", height=28, width=28,
+                              channels=1, num_values=256, plain_steps=16),
 }
 
 
@@ -56,10 +65,8 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
           plain_steps: int | None) -> dict:
   h, w, c = cfg["height"], cfg["width"], cfg["channels"]
-  model = GatedPixelCNN(
-      num_values=cfg["num_values"], num_channels=c, features=FEATURES,
-      num_layers=NUM_LAYERS, kernel_size=KERNEL_SIZE,
-      head_features=HEAD_FEATURES)
+  config = shipped_config(cfg["config"])
+  model = make_model(config, cfg["num_values"], c, num_classes=0)
   shape = (batch, h, w, c)
   # Parameter values do not matter for speed; an "rbg" key compiles faster.
   params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
@@ -82,6 +89,8 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
       "name": name,
       "shape": list(shape),
       "num_values": cfg["num_values"],
+      "model": f"configs/{cfg['config']}.py: " + ", ".join(
+          f"{k}={v}" for k, v in config.model.items() if k != "conditional"),
       "plain_seconds": plain_s,
       "plain_samples_per_s": batch / plain_s,
       "plain_steps_timed": steps,
@@ -123,8 +132,6 @@ def main():
       "device": str(jax.devices()[0]),
       "backend": jax.default_backend(),
       "jax": jax.__version__,
-      "model": dict(features=FEATURES, num_layers=NUM_LAYERS,
-                    kernel_size=KERNEL_SIZE, head_features=HEAD_FEATURES),
       "results": results,
   }
   if args.json:
@@ -132,7 +139,8 @@ def main():
     return
   print(f"device: {report['device']} ({report['backend']}), "
         f"jax {jax.__version__}")
-  print("model: " + ", ".join(f"{k}={v}" for k, v in report["model"].items()))
+  for r in results:
+    print(f"{r['name']}: {r['model']}")
   header = (f"{'config':<20}{'batch shape':<18}{'plain s':>10}{'plain /s':>10}"
             f"{'cached s':>10}{'cached /s':>11}{'speedup':>9}")
   print(header)
