@@ -21,7 +21,7 @@ same CPU load.
 
 Stages are registered in `STAGES`: a function of the parsed args returning a
 `Bench` (pmapped step, its args, global batch size). Stage 2 (the PixelCNN
-prior) is still to be added: write `_stage2(args) -> Bench` and register it.
+prior) is still to be added: fill in `_stage2(args) -> Bench`.
 
 No XLA flags are set by this script (the figures are for default flags).
 """
@@ -41,7 +41,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +57,7 @@ class Bench:
     batch: the sharded batch `{"image": [D, B / D, H, W, C] uint8, ...}`.
     batch_size: global images per step.
     breakdown: optional `() -> list[dict]` of per-component rows.
+    task: the task object behind the step, if any (for experiments).
   """
   name: str
   step_fn: Callable
@@ -65,6 +65,7 @@ class Bench:
   batch: Any
   batch_size: int
   breakdown: Callable[[], list[dict]] | None = None
+  task: Any = None
 
 
 def load_config(path: str):
@@ -127,23 +128,26 @@ def _stage1(args) -> Bench:
   bench = Bench(name="vqvae", step_fn=step_fn,
                 state=parallel.replicate(state),
                 batch=jax.device_put(parallel.shard(example)),
-                batch_size=batch_size)
+                batch_size=batch_size, task=task)
   per_device = batch_size // jax.local_device_count()
   x = vqvae.to_float(jnp.asarray(example["image"][:per_device]))
   bench.breakdown = lambda: vqvae_breakdown(task, state, x, args.repeats)
   return bench
 
 
-def _fwd_bwd(fn: Callable, params, *inputs) -> Callable:
-  """jit of the gradient of `sum(fn(params, *inputs) * cotangent)` w.r.t.
-  params and the float inputs: one forward and one backward pass."""
+def _fwd_bwd(fn: Callable, params, inputs: tuple,
+             input_grad: bool = True) -> Callable:
+  """jit of the gradient of `sum(o * cos(o))` over the float outputs `o` of
+  `fn(params, *inputs)` w.r.t. the params and (if `input_grad`) the float
+  inputs: one forward and one backward pass, as in training."""
 
   def loss(params, *inputs):
     out = fn(params, *inputs)
     return sum(jnp.sum(o * jnp.cos(o)) for o in jax.tree_util.tree_leaves(out)
                if jnp.issubdtype(o.dtype, jnp.floating))
 
-  argnums = tuple(i for i, v in enumerate((params,) + inputs)
+  args = (params,) + (inputs if input_grad else ())
+  argnums = tuple(i for i, v in enumerate(args)
                   if jax.tree_util.tree_leaves(v) and all(
                       jnp.issubdtype(l.dtype, jnp.floating)
                       for l in jax.tree_util.tree_leaves(v)))
@@ -151,8 +155,8 @@ def _fwd_bwd(fn: Callable, params, *inputs) -> Callable:
 
 
 def _time_component(name: str, fn: Callable, params, inputs: tuple,
-                    repeats: int) -> dict:
-  step = _fwd_bwd(fn, params, *inputs)
+                    repeats: int, input_grad: bool = True) -> dict:
+  step = _fwd_bwd(fn, params, inputs, input_grad)
   compiled = step.lower(params, *inputs).compile()
   flops = compiled_flops(compiled)
   seconds = _median_time(lambda: compiled(params, *inputs), repeats, inner=3)
@@ -167,23 +171,22 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   the rows approximates the step minus the optimizer and glue (XLA fuses
   across components in the full step, so the rows do not add up exactly).
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
   from vqjax.models import layers  # pylint: disable=g-import-not-at-top
 
-  model = task.host_model
   params = state.params
   enc, dec = params["encoder"], params["decoder"]
   cfg = task.config
   nh = cfg.model.num_hiddens
   stack = lambda: layers.ResidualStack(nh, cfg.model.num_residual_hiddens,
                                        cfg.model.num_residual_layers)
-  conv3 = nn.Conv(nh, (3, 3), padding="SAME")
+  conv3 = layers.Conv(nh, (3, 3), padding="SAME")
   rows = []
 
-  def add(name, module, p, inp):
+  def add(name, module, p, inp, input_grad=True):
     rows.append(_time_component(
-        name, lambda p, i: module.apply({"params": p}, i), p, (inp,), repeats))
+        name, lambda p, i: module.apply({"params": p}, i), p, (inp,), repeats,
+        input_grad))
     return module.apply({"params": p}, inp)
 
   h = x
@@ -192,18 +195,17 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(down):
     feats = enc[k]["kernel"].shape[-1]
     h = jax.nn.relu(add(f"encoder {k} 4x4/2 {h.shape[-1]}->{feats}",
-                        layers.conv_stride2(feats), enc[k], h))
+                        layers.conv_stride2(feats), enc[k], h,
+                        input_grad=i > 0))  # No gradient for the images.
   convs = sorted(k for k in enc if k.startswith("Conv_") and k not in down)
   for k in convs:
     h = add(f"encoder {k} 3x3 {h.shape[-1]}->{nh}", conv3, enc[k], h)
   h = add("encoder residual stack", stack(), enc["ResidualStack_0"], h)
   code_dim = cfg.quantizer.code_dim
   z = add(f"pre-quantization 1x1 {nh}->{code_dim}",
-          nn.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
+          layers.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
 
   # The quantizer: as in training (EMA update + dead-code restart).
-  qmodel = model.quantizer if hasattr(model, "quantizer") else None
-  del qmodel
   ema = state.model_state["vq_ema"]["quantizer"]
   q = vq.EMAState(**ema)
   key = jax.random.PRNGKey(0)
@@ -236,7 +238,22 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   return rows
 
 
-STAGES: dict[str, Callable[[Any], Bench]] = {"1": _stage1}
+# ----------------------------------------------------------------- stage 2 --
+
+def _stage2(args) -> Bench:
+  """The PixelCNN prior's train step: not written yet.
+
+  To add it: build the prior task from `args.config` (default
+  configs/mnist_prior.py) as `vqjax.train.prior` does, and return
+  `Bench(name="prior", step_fn=parallel.data_parallel(task.train_step),
+  state=replicated state, batch=sharded batch, batch_size=...)`.
+  """
+  del args
+  raise SystemExit("--stage 2 (the PixelCNN prior step) is not implemented "
+                   "yet; see _stage2 in benchmarks/train_throughput.py.")
+
+
+STAGES: dict[str, Callable[[Any], Bench]] = {"1": _stage1, "2": _stage2}
 
 
 # ------------------------------------------------------------------ driver --
@@ -329,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['gflop_per_s']:>9.1f}")
     total = sum(r["ms"] for r in result["breakdown"])
     print(f"{'sum of components':<44}{total:>8.2f}")
+    print(f"{'full train step (incl. loss, Adam, glue)':<44}"
+          f"{row['step_ms']:>8.2f}{row['gflop_per_step']:>8.3f}"
+          f"{row['achieved_gflop_per_s']:>9.1f}")
   return 0
 
 

@@ -12,29 +12,26 @@ from vqjax.models.vqvae import VQVAE
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def _assert_same_function(fast, plain, x, key=1):
-  """Same params tree, same init, same outputs and gradients (input, params).
+def _assert_same_function(fast, plain, x):
+  """Same params tree and shapes, same outputs and gradients (input, params).
 
   Args:
-    fast, plain: Flax modules taking one input x.
-    x: their input.
+    fast, plain: Flax modules taking one input x [B, H, W, C].
+    x: their input (a NumPy array).
   """
-  init = lambda m: jax.jit(m.init)(jax.random.PRNGKey(key), x)
-  variables, fast_variables = init(plain), init(fast)
-  assert (jax.tree_util.tree_structure(variables)
-          == jax.tree_util.tree_structure(fast_variables))
-  jax.tree_util.tree_map(np.testing.assert_array_equal, variables,
-                         fast_variables)
-  # Non-zero biases, so that the bias path is checked too.
+  shapes = lambda m: jax.eval_shape(m.init, jax.random.PRNGKey(0), x)
+  assert shapes(fast) == shapes(plain)
+  rng = np.random.default_rng(1)
   variables = jax.tree_util.tree_map(
-      lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(7), v.shape),
-      variables)
+      lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.3,
+      shapes(plain))
 
   @jax.jit
   def outputs_and_grads(variables, x):
     y_plain, vjp_plain = jax.vjp(plain.apply, variables, x)
     y_fast, vjp_fast = jax.vjp(fast.apply, variables, x)
-    cotangent = jax.random.normal(jax.random.PRNGKey(3), y_plain.shape)
+    cotangent = jnp.cos(jnp.arange(y_plain.size, dtype=jnp.float32)
+                        ).reshape(y_plain.shape)
     return y_plain, y_fast, vjp_plain(cotangent), vjp_fast(cotangent)
 
   y_plain, y_fast, g_plain, g_fast = outputs_and_grads(variables, x)
@@ -44,8 +41,8 @@ def _assert_same_function(fast, plain, x, key=1):
                          g_fast, g_plain)
 
 
-def _input(shape, key=0):
-  return jax.random.normal(jax.random.PRNGKey(key), shape)
+def _input(shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("shape,features", [
@@ -120,40 +117,48 @@ def _swap(name, prefixes):
 
 
 def test_vqvae_params_and_function_match_plain_flax_layers():
+  """Encoder and decoder as used in the VQ-VAE vs. plain nn.Conv/ConvTranspose:
+  same param tree, same reconstruction and gradients."""
   model = VQVAE(num_hiddens=16, num_residual_hiddens=8, num_residual_layers=1,
                 num_codes=8, code_dim=4, use_ema=False)
+  encoder, decoder = _PlainEncoder(), _PlainDecoder()
   x = _input((2, 28, 28, 1))
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  key = jax.random.PRNGKey(0)
+  shapes = jax.eval_shape(model.init, key, x)["params"]
   plain_to_fast = {"_PlainStack": "ResidualStack",
                    "ConvTranspose": "UpsampleConvTranspose"}
   rename = lambda p: {_swap(k, plain_to_fast): v for k, v in p.items()}
-  encoder, decoder = _PlainEncoder(), _PlainDecoder()
-  enc_params = rename(encoder.init(jax.random.PRNGKey(1), x)["params"])
-  z = model.apply({"params": params}, x, method=VQVAE.encode)
-  dec_params = rename(decoder.init(jax.random.PRNGKey(1), z)["params"])
-  shapes = lambda t: jax.tree_util.tree_map(jnp.shape, t)
-  assert shapes(params["encoder"]) == shapes(enc_params)
-  assert shapes(params["decoder"]) == shapes(dec_params)
+  assert shapes["encoder"] == rename(
+      jax.eval_shape(encoder.init, key, x)["params"])
+  z = jax.ShapeDtypeStruct((2, 7, 7, 4), jnp.float32)
+  assert shapes["decoder"] == rename(
+      jax.eval_shape(decoder.init, key, z)["params"])
 
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(
+      lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.2, shapes)
   fast_to_plain = {v: k for k, v in plain_to_fast.items()}
   unrename = lambda p: {_swap(k, fast_to_plain): v for k, v in p.items()}
 
-  def plain(params, x):
+  def plain(params):
     h = encoder.apply({"params": unrename(params["encoder"])}, x)
-    z = model.apply({"params": params}, h, method=lambda m, h:
-                    m.pre_quantization(h))
+    z = nn.Conv(4, (1, 1)).apply({"params": params["pre_quantization"]}, h)
     return decoder.apply({"params": unrename(params["decoder"])}, z)
 
-  def fast(params, x):
-    return model.apply({"params": params},
-                       model.apply({"params": params}, x, method=VQVAE.encode),
-                       method=VQVAE.decode)
+  def fast(params):
+    z = model.apply({"params": params}, x, method=VQVAE.encode)
+    return model.apply({"params": params}, z, method=VQVAE.decode)
 
-  np.testing.assert_allclose(fast(params, x), plain(params, x), **TOL)
-  loss = lambda f: lambda p: jnp.mean(jnp.sin(3 * f(p, x)))
-  jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, **TOL),
-      jax.grad(loss(fast))(params), jax.grad(loss(plain))(params))
+  @jax.jit
+  def outputs_and_grads(params):
+    loss = lambda f: lambda p: jnp.mean(jnp.sin(3 * f(p)))
+    return (fast(params), plain(params), jax.grad(loss(fast))(params),
+            jax.grad(loss(plain))(params))
+
+  y_fast, y_plain, g_fast, g_plain = outputs_and_grads(params)
+  np.testing.assert_allclose(y_fast, y_plain, **TOL)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOL),
+                         g_fast, g_plain)
 
 
 def test_space_to_depth_layout():
@@ -163,3 +168,54 @@ def test_space_to_depth_layout():
   # Channel (p, q, c) of block (i, j) is pixel (2i + p, 2j + q), channel c.
   np.testing.assert_array_equal(y[1, 1, 2].reshape(2, 2, 3),
                                 x[1, 2:4, 4:6, :])
+
+
+def test_init_matches_flax_layers():
+  x = _input((1, 8, 8, 3))
+  key = jax.random.PRNGKey(4)
+  pairs = [(layers.Conv(5, (3, 3)), nn.Conv(5, (3, 3))),
+           (layers.conv_stride2(5), nn.Conv(5, (4, 4), (2, 2), "SAME")),
+           (layers.UpsampleConvTranspose(5),
+            nn.ConvTranspose(5, (4, 4), (2, 2), padding="SAME"))]
+  both = jax.jit(lambda key: [(f.init(key, x), p.init(key, x))
+                              for f, p in pairs])
+  for fast, plain in both(key):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, fast, plain)
+
+
+# The quantizer's fast paths against the plain formulations they replace.
+
+def test_argmin_matches_jnp_argmin_with_ties_and_nans():
+  from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  d = rng.integers(0, 4, size=(50, 7)).astype(np.float32)  # many ties
+  d[3, 5] = d[7, 0] = d[7, 4] = np.nan
+  d[9] = np.inf
+  np.testing.assert_array_equal(vq._argmin_last(jnp.asarray(d)),
+                                jnp.argmin(jnp.asarray(d), axis=-1))
+  z = rng.normal(size=(4, 6, 3)).astype(np.float32)
+  codebook = rng.normal(size=(9, 3)).astype(np.float32)
+  np.testing.assert_array_equal(
+      jax.jit(vq.nearest_code)(z, codebook),
+      jnp.argmin(vq.squared_distances(z, codebook), axis=-1))
+
+
+def test_code_sums_match_one_hot_formulation():
+  from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  num_codes = 6
+  indices = rng.integers(-2, num_codes + 2, size=(5, 4))  # some out of range
+  weights = rng.uniform(size=(5, 4)).astype(np.float32)
+  one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes)
+  np.testing.assert_allclose(
+      vq.code_counts(indices, num_codes, weights=weights),
+      (one_hot * weights.reshape(-1, 1)).sum(0), rtol=1e-6)
+  np.testing.assert_allclose(vq.code_counts(indices, num_codes),
+                             one_hot.sum(0), rtol=1e-6)
+  z = rng.normal(size=(5, 4, 3)).astype(np.float32)
+  state = vq.ema_init(rng.normal(size=(num_codes, 3)).astype(np.float32))
+  new = vq.ema_update(state, z, indices, decay=0.9)
+  sums = one_hot.T @ z.reshape(-1, 3)
+  np.testing.assert_allclose(new.embed_sum, 0.1 * sums, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.cluster_size, 0.1 * one_hot.sum(0),
+                             rtol=1e-6)

@@ -37,18 +37,42 @@ def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
   Returns:
     [..., K] float32 distances `||z - e_k||^2`.
   """
+  return _squared_distances(z, codebook)
+
+
+def _squared_distances(z: jax.Array, codebook: jax.Array,
+                       separate_matmul: bool = False) -> jax.Array:
+  """`squared_distances`; with `separate_matmul`, the `[..., K]` matmul is
+  kept out of the fusions around it (XLA:CPU then runs it in its fast matmul
+  kernel and fuses the elementwise rest into the argmin's reductions)."""
   z = z.astype(jnp.float32)
   codebook = codebook.astype(jnp.float32)
   z_sq = jnp.sum(z * z, axis=-1, keepdims=True)
   e_sq = jnp.sum(codebook * codebook, axis=-1)
   cross = jnp.einsum("...d,kd->...k", z, codebook,
                      precision=lax.Precision.HIGHEST)
+  if separate_matmul:
+    cross = lax.optimization_barrier(cross)
   return jnp.maximum(z_sq - 2.0 * cross + e_sq, 0.0)
+
+
+def _argmin_last(x: jax.Array) -> jax.Array:
+  """`jnp.argmin(x, axis=-1)` (first minimum; first NaN if any) as int32.
+
+  XLA:CPU runs argmin's (value, index) reduction as a slow scalar loop; a
+  min, then a min over the indices that reach it, are two vectorised
+  reductions (4x faster on [6272, 512]).
+  """
+  num = x.shape[-1]
+  lowest = jnp.min(x, axis=-1, keepdims=True)  # NaN if the row has a NaN
+  hit = (x == lowest) | jnp.isnan(x)
+  iota = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where(hit, iota, num), axis=-1)
 
 
 def nearest_code(z: jax.Array, codebook: jax.Array) -> jax.Array:
   """Index of the nearest code: [..., D] -> [...] int32."""
-  return jnp.argmin(squared_distances(z, codebook), axis=-1).astype(jnp.int32)
+  return _argmin_last(_squared_distances(z, codebook, separate_matmul=True))
 
 
 def lookup(indices: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -75,6 +99,27 @@ def commitment_loss(z_e: jax.Array, z_q: jax.Array,
   return beta * jnp.mean(jnp.square(z_e - lax.stop_gradient(z_q)))
 
 
+def _sum_by_code(values: jax.Array, indices: jax.Array,
+                 num_codes: int) -> jax.Array:
+  """`sum_n one_hot(indices[n], K)[:, None] * values[n]`, by a scatter-add.
+
+  Args:
+    values: [N] or [N, D] float32, one row per index.
+    indices: [...] int with N elements in all; out-of-range indices
+      contribute nothing (as rows of `jax.nn.one_hot` are then all zero).
+    num_codes: K.
+
+  Returns:
+    [K] or [K, D] float32. A one-hot matmul costs N * K * D multiply-adds
+    (and a slow transposed matmul on XLA:CPU); this is N * D adds.
+  """
+  flat = indices.reshape(-1)
+  valid = (flat >= 0) & (flat < num_codes)
+  values = jnp.where(valid.reshape((-1,) + (1,) * (values.ndim - 1)), values,
+                     0.0)
+  return jax.ops.segment_sum(values, jnp.where(valid, flat, 0), num_codes)
+
+
 def code_counts(indices: jax.Array, num_codes: int,
                 weights: jax.Array | None = None,
                 axis_name: str | None = None) -> jax.Array:
@@ -83,10 +128,10 @@ def code_counts(indices: jax.Array, num_codes: int,
   `weights` ([...] float, optional) masks out padding. With `axis_name`, counts
   are summed over all devices (the global batch).
   """
-  one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes, dtype=jnp.float32)
-  if weights is not None:
-    one_hot = one_hot * weights.reshape(-1, 1).astype(jnp.float32)
-  counts = jnp.sum(one_hot, axis=0)
+  if weights is None:
+    weights = jnp.ones(indices.shape, jnp.float32)
+  counts = _sum_by_code(weights.reshape(-1).astype(jnp.float32), indices,
+                        num_codes)
   if axis_name is not None:
     counts = lax.psum(counts, axis_name)
   return counts
@@ -168,9 +213,9 @@ def ema_update(state: EMAState, z: jax.Array, indices: jax.Array,
   """
   num_codes, dim = state.codebook.shape
   z = lax.stop_gradient(z).reshape(-1, dim).astype(jnp.float32)
-  one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes, dtype=jnp.float32)
-  counts = jnp.sum(one_hot, axis=0)
-  sums = jnp.einsum("nk,nd->kd", one_hot, z, precision=lax.Precision.HIGHEST)
+  counts = _sum_by_code(jnp.ones(z.shape[:1], jnp.float32), indices,
+                        num_codes)
+  sums = _sum_by_code(z, indices, num_codes)
   if axis_name is not None:
     counts, sums = lax.psum((counts, sums), axis_name)
 
