@@ -20,8 +20,10 @@ process (median of `jnp.dot` on 2048 x 2048 matrices), so both numbers see the
 same CPU load.
 
 Stages are registered in `STAGES`: a function of the parsed args returning a
-`Bench` (pmapped step, its args, global batch size). Stage 2 (the PixelCNN
-prior) is still to be added: fill in `_stage2(args) -> Bench`.
+`Bench` (pmapped step, its args, global batch size): `--stage 1` is the VQ-VAE
+step (configs/mnist_vqvae.py), `--stage 2` the PixelCNN prior step
+(configs/mnist_prior.py, on random 7x7 codes with K=512; pass
+`--config configs/mnist_pixelcnn.py` for the raw-pixel model).
 
 No XLA flags are set by this script (the figures are for default flags).
 """
@@ -241,16 +243,33 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
 # ----------------------------------------------------------------- stage 2 --
 
 def _stage2(args) -> Bench:
-  """The PixelCNN prior's train step: not written yet.
+  """The PixelCNN prior's train step (configs/mnist_prior.py: 7x7 codes,
+  K=512), on random codes: its cost depends only on the shapes."""
+  from vqjax import data, parallel  # pylint: disable=g-import-not-at-top
+  from vqjax.train import prior  # pylint: disable=g-import-not-at-top
 
-  To add it: build the prior task from `args.config` (default
-  configs/mnist_prior.py) as `vqjax.train.prior` does, and return
-  `Bench(name="prior", step_fn=parallel.data_parallel(task.train_step),
-  state=replicated state, batch=sharded batch, batch_size=...)`.
-  """
-  del args
-  raise SystemExit("--stage 2 (the PixelCNN prior step) is not implemented "
-                   "yet; see _stage2 in benchmarks/train_throughput.py.")
+  config = load_config(args.config or "configs/mnist_prior.py")
+  if args.batch_size:
+    config.train.batch_size = args.batch_size
+  batch_size = config.train.batch_size
+  parallel.check_divisible(batch_size)
+  if config.vqvae_workdir:
+    num_values, grid = 512, (7, 7, 1)  # the MNIST VQ-VAE's codes
+    codes = np.random.default_rng(0).integers(
+        0, num_values, (4 * batch_size,) + grid).astype(np.int16)
+  else:  # a pixel-level config: real images
+    real = data.load(config.data, "train")
+    num_values, codes = 256, real.images[:4 * batch_size]
+  fake = data.Dataset(name="bench", images=codes,
+                      labels=np.zeros(len(codes), np.int32), num_classes=0)
+  task = prior.PriorTask(config, workdir="", datasets=(fake, fake, num_values))
+  example = next(data.train_batches(fake, batch_size, config.seed))
+  state = task.create_train_state(jax.random.PRNGKey(config.seed),
+                                  {k: v[:1] for k, v in example.items()})
+  return Bench(name="prior", step_fn=parallel.data_parallel(task.train_step),
+               state=parallel.replicate(state),
+               batch=jax.device_put(parallel.shard(example)),
+               batch_size=batch_size, task=task)
 
 
 STAGES: dict[str, Callable[[Any], Bench]] = {"1": _stage1, "2": _stage2}

@@ -100,26 +100,32 @@ class PriorTask:
   """Trains a GatedPixelCNN by maximum likelihood (cross-entropy in nats)."""
   progress_keys = ("loss", "bits")
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               datasets: tuple[data.Dataset, data.Dataset, int] | None = None):
+    """Loads the data `config` names (encoding it with the linked VQ-VAE), or
+    takes `datasets = (train, test, num_values)` as given (benchmarks)."""
     self.config = config
     self.workdir = workdir
-    train_images = data.load(config.data, "train")
-    test_images = data.load(config.data, "test")
     self.vqvae: TrainedVQVAE | None = None
-    if config.vqvae_workdir:
+    if datasets is not None:
+      self.train_data, self.test_data, self.num_values = datasets
+    elif config.vqvae_workdir:
       self.vqvae = restore_vqvae(config.vqvae_workdir)
       self._check_resumed_link()
-      self.train_data = cached_codes(self.vqvae, train_images, "train", workdir)
-      self.test_data = cached_codes(self.vqvae, test_images, "test", workdir)
+      self.train_data = cached_codes(self.vqvae, data.load(config.data, "train"),
+                                     "train", workdir)
+      self.test_data = cached_codes(self.vqvae, data.load(config.data, "test"),
+                                    "test", workdir)
       self.num_values = self.vqvae.num_codes
     else:
-      self.train_data, self.test_data = train_images, test_images
+      self.train_data = data.load(config.data, "train")
+      self.test_data = data.load(config.data, "test")
       self.num_values = 256
     self.grid_shape = tuple(self.train_data.shape)  # (h, w, C)
-    self.num_classes = train_images.num_classes
+    self.num_classes = self.train_data.num_classes
     if config.model.conditional and self.num_classes == 0:
       raise ConfigError(f"--config.model.conditional=True needs labels, but "
-                       f"{config.data.name!r} has none.")
+                        f"{config.data.name!r} has none.")
     self.model = make_model(config, self.num_values, self.grid_shape[-1],
                             self.num_classes)
     self.has_initialize = False
