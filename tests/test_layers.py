@@ -64,20 +64,26 @@ def test_downsample_matches_strided_conv(shape):
       nn.Conv(5, (4, 4), strides=(2, 2), padding="SAME"), _input(shape))
 
 
-@pytest.mark.parametrize("kernel,strides,padding,shape", [
-    ((3, 3), (1, 1), "SAME", (2, 7, 7, 70)),     # XLA conv forward
-    ((3, 3), (1, 1), "SAME", (2, 6, 5, 3)),      # im2col forward
-    ((1, 1), (1, 1), "SAME", (2, 7, 7, 6)),      # matmul
-    ((2, 3), (1, 1), "VALID", (1, 6, 8, 4)),
-    ((3, 3), (1, 1), ((2, 0), (1, 3)), (1, 5, 5, 2)),
-    ((3, 3), (2, 2), "SAME", (2, 9, 8, 3)),      # odd kernel, stride 2
-    ((5, 5), (3, 3), "VALID", (1, 11, 13, 2)),   # stride 3
-    ((4, 4), (2, 2), ((0, 3), (2, 1)), (1, 8, 7, 2)),
+@pytest.mark.parametrize("kernel,strides,padding,shape,features", [
+    # Forward / input-gradient / kernel-gradient paths of `layers._conv_*`:
+    ((3, 3), (1, 1), "SAME", (2, 7, 7, 70), 4),  # XLA conv; conv-form dW
+    ((3, 3), (1, 1), "SAME", (2, 6, 5, 3), 4),   # im2col forward and dW
+    ((1, 1), (1, 1), "SAME", (2, 7, 7, 6), 4),   # matmul, C_in > C_out
+    ((1, 1), (1, 1), "SAME", (2, 3, 4, 2), 5),   # matmul, C_in < C_out
+    ((2, 2), (1, 1), "VALID", (1, 6, 5, 20), 17),  # per-tap dW; padded dx
+    ((3, 3), (1, 1), "VALID", (1, 6, 6, 9), 12),  # explicitly padded dx
+    ((2, 3), (1, 1), "VALID", (1, 6, 8, 4), 4),
+    ((3, 3), (1, 1), ((2, 0), (1, 3)), (1, 5, 5, 2), 4),
+    ((3, 3), (2, 2), "SAME", (2, 9, 8, 3), 4),   # space-to-depth paths
+    ((3, 3), (2, 2), "SAME", (1, 8, 8, 20), 6),
+    ((5, 5), (3, 3), "VALID", (1, 11, 13, 2), 4),
+    ((4, 4), (2, 2), ((0, 3), (2, 1)), (1, 8, 7, 2), 4),
 ])
-def test_conv_matches_nn_conv(kernel, strides, padding, shape):
+def test_conv_matches_nn_conv(kernel, strides, padding, shape, features):
   _assert_same_function(
-      layers.Conv(4, kernel, strides=strides, padding=padding),
-      nn.Conv(4, kernel, strides=strides, padding=padding), _input(shape))
+      layers.Conv(features, kernel, strides=strides, padding=padding),
+      nn.Conv(features, kernel, strides=strides, padding=padding),
+      _input(shape))
 
 
 class _PlainEncoder(nn.Module):
