@@ -11,6 +11,17 @@ class ConfigError(ValueError):
   """A config value that cannot work, with what to set instead."""
 
 
+def train_group(batch_size: int, learning_rate: float, num_steps: int = 2000,
+                cosine_decay: bool = False, grad_clip_norm: float = 0.0
+                ) -> ml_collections.ConfigDict:
+  """The `train` group: global batch (over all devices), Adam(W) settings
+  read by `vqjax.train.state.make_optimizer`, logging interval."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size, num_steps=num_steps, learning_rate=learning_rate,
+      weight_decay=0.0, warmup_steps=0, cosine_decay=cosine_decay,
+      grad_clip_norm=grad_clip_norm, log_every=100))
+
+
 def vqvae_defaults() -> ml_collections.ConfigDict:
   """Stage 1: Sonnet's VQ-VAE (128 hiddens, 32 residual hiddens, 2 residual
   layers, K=512, D=64, beta=0.25, Adam 3e-4, EMA decay 0.99) on MNIST."""
@@ -40,15 +51,7 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.quantizer.kmeans_init = False
   config.quantizer.kmeans_iters = 10
 
-  config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 128     # global, over all devices
-  config.train.num_steps = 2000
-  config.train.learning_rate = 3e-4
-  config.train.weight_decay = 0.0
-  config.train.warmup_steps = 0
-  config.train.cosine_decay = False
-  config.train.grad_clip_norm = 0.0
-  config.train.log_every = 100
+  config.train = train_group(batch_size=128, learning_rate=3e-4)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 1000
@@ -85,15 +88,8 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.head_features = 128
   config.model.conditional = False  # class-conditional on the dataset labels
 
-  config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 64
-  config.train.num_steps = 2000
-  config.train.learning_rate = 1e-3
-  config.train.weight_decay = 0.0
-  config.train.warmup_steps = 0
-  config.train.cosine_decay = True
-  config.train.grad_clip_norm = 1.0
-  config.train.log_every = 100
+  config.train = train_group(batch_size=64, learning_rate=1e-3,
+                             cosine_decay=True, grad_clip_norm=1.0)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 1000
