@@ -9,7 +9,6 @@ model learns p(pixels) with 256 values per channel.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 
