@@ -135,6 +135,7 @@ def test_payload_and_count_mismatch(mnist_dir, tmp_path):
 
 
 def test_missing_files_download_failed(tmp_path, monkeypatch):
+  monkeypatch.delenv("VQJAX_NO_DOWNLOAD", raising=False)  # CI sets it
   monkeypatch.delenv("VQJAX_DATA_DIR", raising=False)
   cache = os.path.join(str(tmp_path / "cache"), "fashion_mnist")
   with pytest.raises(data.DataError) as e:
@@ -158,6 +159,7 @@ def test_missing_files_no_download_env(tmp_path, monkeypatch):
 
 def test_download_into_cache(mnist_dir, tmp_path, monkeypatch):
   """A (faked) successful download lands in the cache and is then used."""
+  monkeypatch.delenv("VQJAX_NO_DOWNLOAD", raising=False)  # CI sets it
   monkeypatch.delenv("VQJAX_DATA_DIR", raising=False)
   urls = []
   def fake_download(url, path, md5):
@@ -231,6 +233,7 @@ def test_cifar10(tmp_path, subfolder):
 
 
 def test_cifar10_download_extracts_tarball(tmp_path, monkeypatch):
+  monkeypatch.delenv("VQJAX_NO_DOWNLOAD", raising=False)  # CI sets it
   monkeypatch.delenv("VQJAX_DATA_DIR", raising=False)
   _write_cifar(tmp_path / "src" / "cifar-10-batches-py")
   tarball = tmp_path / "cifar-10-python.tar.gz"
