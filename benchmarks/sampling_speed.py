@@ -24,7 +24,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vqjax import sampling
+from vqjax import host_memory, sampling
 from vqjax.train.prior import make_model
 
 BATCH = 64
@@ -118,6 +118,7 @@ def main():
   parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS),
                       help="run only these configs.")
   args = parser.parse_args()
+  host_memory.reuse_freed_memory()  # As sample.py does.
 
   repeats, plain_repeats = (2, 1) if args.quick else (5, 3)
   results = []

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from vqjax import host_memory, parallel
 from vqjax.checkpoint import CheckpointError
 from vqjax.configs import ConfigError
 from vqjax.data import DataError
@@ -83,9 +84,8 @@ def run(main: Callable[[], None]) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client.
   app.run(_main, flags_parser=parse_flags)
-
-
 
 
 def train_main(train_and_evaluate: Callable[..., object]) -> None:
@@ -96,5 +96,17 @@ def train_main(train_and_evaluate: Callable[..., object]) -> None:
                                   "optionally with ':variant'.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and "
                       "images; an existing run there is resumed.")
+  flags.DEFINE_integer("cpu_devices", 0, "On the CPU backend, train data-"
+                       "parallel over this many devices; 0: one per core "
+                       "(dividing the batch size).")
   flags.mark_flags_as_required(["config", "workdir"])
-  run(lambda: train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir))
+
+  def main():
+    config = flags.FLAGS.config
+    count = parallel.use_cpu_cores_as_devices(flags.FLAGS.cpu_devices,
+                                              (config.train.batch_size,))
+    if count:
+      logging.info("CPU backend: %d data-parallel device(s).", count)
+    train_and_evaluate(config, flags.FLAGS.workdir)
+
+  run(main)
