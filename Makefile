@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(VQJAX_DATA_DIR),$(VQJAX_DATA_DIR),$(abspath ../shared/data))
 RUNS ?= runs/demo
 # The prior trains 800 steps in the demo (its config's 2000 for the README figures)
-# to keep the whole demo short (measured: 18.5 minutes on 2 CPU cores).
+# to keep the whole demo short (measured: 13 min 56 s on 2 CPU cores).
 DEMO_VQVAE_FLAGS ?=
 DEMO_PRIOR_FLAGS ?= --config.train.num_steps=800 --config.eval.every=400
 

@@ -1,5 +1,6 @@
 """One train step on 2 devices equals the 1-device step on the same batch."""
 
+import os
 import textwrap
 
 from conftest import REPO, run_python
@@ -63,3 +64,50 @@ def test_two_device_step_equals_one_device_step(mnist_dir):
       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
       "PYTHONPATH": REPO}, timeout=900)
   assert "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+CPU_DEVICES_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from vqjax import host_memory, parallel
+    case = sys.argv[1]
+    if case == "requested":
+      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 3
+    elif case == "divides_batch":
+      assert parallel.use_cpu_cores_as_devices(0, (1,)) == 1
+    elif case == "per_core":
+      cores = len(os.sched_getaffinity(0))
+      assert parallel.use_cpu_cores_as_devices(0, ()) == cores
+    elif case == "user_setting_wins":
+      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 0
+    elif case == "after_start":
+      import jax
+      jax.devices()
+      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 0
+    import jax
+    print(jax.local_device_count(), host_memory.reuse_freed_memory())
+""")
+
+
+def _cpu_devices(case: str, **env) -> str:
+  clean = {"XLA_FLAGS": "", **env}
+  result = run_python(["-c", CPU_DEVICES_SCRIPT, case], env=clean)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout.split()
+
+
+def test_cpu_devices_policy():
+  """The scripts' CPU device count: as requested, one per core dividing the
+  batch, and never overriding the user's own setting or a started backend."""
+  assert _cpu_devices("requested")[0] == "3"
+  assert _cpu_devices("divides_batch")[0] == "1"
+  assert _cpu_devices("per_core")[0] == str(len(os.sched_getaffinity(0)))
+  assert _cpu_devices("user_setting_wins", JAX_NUM_CPU_DEVICES="2")[0] == "2"
+  assert _cpu_devices("user_setting_wins", XLA_FLAGS=(
+      "--xla_force_host_platform_device_count=2"))[0] == "2"
+  assert _cpu_devices("after_start")[0] == "1"
+
+
+def test_malloc_setting_respects_opt_out():
+  assert _cpu_devices("requested")[1] == "True"
+  assert _cpu_devices("requested", VQJAX_DEFAULT_MALLOC="1")[1] == "False"
+  assert _cpu_devices("requested", MALLOC_ARENA_MAX="4")[1] == "False"
