@@ -19,8 +19,8 @@ achieved FLOP/s divided by the dense float32 matmul FLOP/s measured in the same
 process (median of `jnp.dot` on 2048 x 2048 matrices, measured before and after
 the step, the higher of the two), so both numbers see the same CPU load.
 
-Stages are registered in `STAGES`: a function of the parsed args returning a
-`Bench` (pmapped step, its args, global batch size): `--stage 1` is the VQ-VAE
+Stages are registered in `STAGES`: a function of the parsed args and the
+loaded config returning a `Bench` (pmapped step, its args, global batch size): `--stage 1` is the VQ-VAE
 step (configs/mnist_vqvae.py), `--stage 2` the PixelCNN prior step
 (configs/mnist_prior.py, on random 7x7 codes with K=512; pass
 `--config configs/mnist_pixelcnn.py` for the raw-pixel model).
@@ -118,13 +118,10 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 7) -> float:
 
 # ----------------------------------------------------------------- stage 1 --
 
-def _stage1(args) -> Bench:
+def _stage1(args, config) -> Bench:
   from vqjax import data, parallel  # pylint: disable=g-import-not-at-top
   from vqjax.train import vqvae  # pylint: disable=g-import-not-at-top
 
-  config = load_config(args.config or DEFAULT_CONFIGS["1"])
-  if args.batch_size:
-    config.train.batch_size = args.batch_size
   batch_size = config.train.batch_size
   parallel.check_divisible(batch_size)
   task = vqvae.VQVAETask(config)
@@ -247,15 +244,12 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
 
 # ----------------------------------------------------------------- stage 2 --
 
-def _stage2(args) -> Bench:
+def _stage2(args, config) -> Bench:
   """The PixelCNN prior's train step (configs/mnist_prior.py: 7x7 codes,
   K=512), on random codes: its cost depends only on the shapes."""
   from vqjax import data, parallel  # pylint: disable=g-import-not-at-top
   from vqjax.train import prior  # pylint: disable=g-import-not-at-top
 
-  config = load_config(args.config or DEFAULT_CONFIGS["2"])
-  if args.batch_size:
-    config.train.batch_size = args.batch_size
   batch_size = config.train.batch_size
   parallel.check_divisible(batch_size)
   if config.vqvae_workdir:
@@ -277,7 +271,7 @@ def _stage2(args) -> Bench:
                batch_size=batch_size, task=task)
 
 
-STAGES: dict[str, Callable[[Any], Bench]] = {"1": _stage1, "2": _stage2}
+STAGES: dict[str, Callable[[Any, Any], Bench]] = {"1": _stage1, "2": _stage2}
 DEFAULT_CONFIGS = {"1": "configs/mnist_vqvae.py", "2": "configs/mnist_prior.py"}
 
 
@@ -342,10 +336,12 @@ def main(argv: list[str] | None = None) -> int:
   from vqjax import host_memory, parallel
   # As the training scripts do, before JAX starts its CPU client.
   tuned_malloc = host_memory.reuse_freed_memory()
-  batch_size = args.batch_size or load_config(
-      args.config or DEFAULT_CONFIGS[args.stage]).train.batch_size
-  parallel.use_cpu_cores_as_devices(args.cpu_devices, (batch_size,))
-  bench = STAGES[args.stage](args)
+  config = load_config(args.config or DEFAULT_CONFIGS[args.stage])
+  if args.batch_size:
+    config.train.batch_size = args.batch_size
+  parallel.use_cpu_cores_as_devices(args.cpu_devices,
+                                    (config.train.batch_size,))
+  bench = STAGES[args.stage](args, config)
   matmul_before = matmul_flops_per_s()
   row = measure(bench, args.steps, args.repeats)
   matmul_after = matmul_flops_per_s()

@@ -88,7 +88,7 @@ CPU_DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _cpu_devices(case: str, **env) -> str:
+def _cpu_devices(case: str, **env) -> list[str]:
   clean = {"XLA_FLAGS": "", **env}
   result = run_python(["-c", CPU_DEVICES_SCRIPT, case], env=clean)
   assert result.returncode == 0, result.stderr[-2000:]
