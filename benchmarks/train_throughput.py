@@ -12,12 +12,19 @@ donated), a replicated train state and a sharded batch of real data. Warm-up
 consecutive steps ended by `block_until_ready`, and the median repeat is
 reported.
 
-Model FLOPs per step come from XLA's cost analysis of the compiled step
-(the pmapped step lowered and compiled for the same shapes; XLA reports the
-per-device program, so it is multiplied by the device count). MFU is the
-achieved FLOP/s divided by the dense float32 matmul FLOP/s measured in the same
-process (median of `jnp.dot` on 2048 x 2048 matrices, measured before and after
-the step, the higher of the two), so both numbers see the same CPU load.
+FLOPs per step come from XLA's cost analysis of a compiled step (the pmapped
+step lowered and compiled for the same shapes; XLA reports the per-device
+program, so it is multiplied by the device count). Two counts are reported:
+
+* model FLOPs: the step with every convolution computed directly
+  (`config.model.winograd=False`), i.e. what the architecture costs;
+* executed FLOPs: the step as timed, whose Winograd convolutions
+  (`vqjax.models.winograd`) do fewer multiplications for the same function.
+
+MFU is model FLOP/s and HFU (hardware FLOP utilisation) executed FLOP/s, both
+divided by the dense float32 matmul FLOP/s measured in the same process (median
+of `jnp.dot` on 2048 x 2048 matrices, measured before and after the step, the
+higher of the two), so all numbers see the same CPU load.
 
 Stages are registered in `STAGES`: a function of the parsed args and the
 loaded config returning a `Bench` (pmapped step, its args, global batch size): `--stage 1` is the VQ-VAE
@@ -35,6 +42,7 @@ table says which was in force) and makes the CPU one device per core
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -65,6 +73,8 @@ class Bench:
     batch_size: global images per step.
     breakdown: optional `() -> list[dict]` of per-component rows.
     task: the task object behind the step, if any (for experiments).
+    model_flops: optional `() -> float`, per-device FLOPs of the same step
+      with direct convolutions (default: the executed FLOPs).
   """
   name: str
   step_fn: Callable
@@ -73,6 +83,7 @@ class Bench:
   batch_size: int
   breakdown: Callable[[], list[dict]] | None = None
   task: Any = None
+  model_flops: Callable[[], float] | None = None
 
 
 def load_config(path: str):
@@ -136,6 +147,17 @@ def _stage1(args, config) -> Bench:
   per_device = batch_size // jax.local_device_count()
   x = vqvae.to_float(jnp.asarray(example["image"][:per_device]))
   bench.breakdown = lambda: vqvae_breakdown(task, state, x, args.repeats)
+
+  def model_flops() -> float:
+    direct = copy.deepcopy(config)
+    direct.model.winograd = False
+    reference = copy.copy(task)  # Same data and state; direct convolutions.
+    reference.model = vqvae.make_model(direct, x.shape[-1],
+                                       axis_name=parallel.AXIS)
+    step = parallel.data_parallel(reference.train_step)
+    return compiled_flops(step.lower(bench.state, bench.batch).compile())
+
+  bench.model_flops = model_flops
   return bench
 
 
@@ -282,6 +304,8 @@ def measure(bench: Bench, steps: int, repeats: int) -> dict:
   step_fn, state, batch = bench.step_fn, bench.state, bench.batch
   compiled = step_fn.lower(state, batch).compile()
   flops = compiled_flops(compiled) * jax.local_device_count()
+  model_flops = (bench.model_flops() * jax.local_device_count()
+                 if bench.model_flops is not None else flops)
 
   # Warm-up: compile and run a few steps (not timed).
   for _ in range(3):
@@ -301,8 +325,10 @@ def measure(bench: Bench, steps: int, repeats: int) -> dict:
           "images_per_s": bench.batch_size / seconds,
           "step_ms": 1e3 * seconds,
           "step_ms_all": [1e3 * t for t in times],
-          "gflop_per_step": flops / 1e9,
-          "achieved_gflop_per_s": flops / seconds / 1e9}
+          "model_gflop_per_step": model_flops / 1e9,
+          "executed_gflop_per_step": flops / 1e9,
+          "model_gflop_per_s": model_flops / seconds / 1e9,
+          "executed_gflop_per_s": flops / seconds / 1e9}
 
 
 def _load() -> str:
@@ -347,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
   matmul_after = matmul_flops_per_s()
   matmul = max(matmul_before, matmul_after)  # The conservative reference.
   row["matmul_gflop_per_s"] = matmul / 1e9
-  row["mfu"] = row["achieved_gflop_per_s"] * 1e9 / matmul
+  row["mfu"] = row["model_gflop_per_s"] * 1e9 / matmul
+  row["hfu"] = row["executed_gflop_per_s"] * 1e9 / matmul
   row["load_average"] = _load()
   row["jax"] = jax.__version__
   row["malloc"] = "reuse_freed_memory" if tuned_malloc else "default"
@@ -364,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         "step times (ms): "
         + ", ".join(f"{t:.1f}" for t in row["step_ms_all"]))
   header = (f"{'step':<8}{'batch':>6}{'images/s':>10}{'step ms':>9}"
-            f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'matmul GFLOP/s':>16}{'MFU':>7}")
+            f"{'model GFLOP':>13}{'executed':>10}{'matmul GFLOP/s':>16}"
+            f"{'MFU':>7}{'HFU':>7}")
   print(header)
   print(f"{row['step']:<8}{row['batch']:>6}{row['images_per_s']:>10.1f}"
-        f"{row['step_ms']:>9.1f}{row['gflop_per_step']:>12.2f}"
-        f"{row['achieved_gflop_per_s']:>9.1f}{row['matmul_gflop_per_s']:>16.1f}"
-        f"{100 * row['mfu']:>6.1f}%")
+        f"{row['step_ms']:>9.1f}{row['model_gflop_per_step']:>13.2f}"
+        f"{row['executed_gflop_per_step']:>10.2f}"
+        f"{row['matmul_gflop_per_s']:>16.1f}"
+        f"{100 * row['mfu']:>6.1f}%{100 * row['hfu']:>6.1f}%")
   if "breakdown" in result:
     print()
     print(f"{'component (forward + backward)':<44}{'ms':>8}{'GFLOP':>8}"
@@ -380,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(r["ms"] for r in result["breakdown"])
     print(f"{'sum of components':<44}{total:>8.2f}")
     print(f"{'full train step (incl. loss, Adam, glue)':<44}"
-          f"{row['step_ms']:>8.2f}{row['gflop_per_step']:>8.3f}"
-          f"{row['achieved_gflop_per_s']:>9.1f}")
+          f"{row['step_ms']:>8.2f}{row['executed_gflop_per_step']:>8.3f}"
+          f"{row['executed_gflop_per_s']:>9.1f}")
   return 0
 
 

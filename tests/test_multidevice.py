@@ -49,6 +49,22 @@ SCRIPT = textwrap.dedent("""
       for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
     assert m1[0]["codes_restarted"] >= 0
+
+    # Dead codes restart from the same rows of the global batch on every
+    # device as on one device holding the whole batch (all codes dead here).
+    import jax.numpy as jnp
+    from vqjax import quantizer as vq
+    z = np.random.RandomState(0).randn(2, 10, 3).astype(np.float32)
+    dead = vq.EMAState(codebook=jnp.zeros((6, 3)), cluster_size=jnp.zeros(6),
+                       embed_sum=jnp.zeros((6, 3)), count=jnp.float32(1))
+    restart = lambda z, axis: vq.restart_dead_codes(
+        dead, z, jax.random.PRNGKey(5), 1.0, 0.99, axis)[0].codebook
+    whole = restart(z.reshape(20, 3), None)
+    per_device = jax.pmap(lambda z: restart(z, parallel.AXIS),
+                          axis_name=parallel.AXIS)(z)
+    assert len({tuple(r) for r in np.asarray(whole)}) > 1
+    for codebook in per_device:
+      np.testing.assert_array_equal(codebook, whole)
     try:
       parallel.check_divisible(15)
     except ValueError as e:

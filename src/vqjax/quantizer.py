@@ -238,6 +238,26 @@ def _gather_global(z: jax.Array, axis_name: str | None) -> jax.Array:
   return lax.all_gather(z, axis_name, tiled=True)
 
 
+def _draw_global(z: jax.Array, key: jax.Array, num: int,
+                 axis_name: str | None) -> jax.Array:
+  """`num` rows drawn uniformly, with replacement, from the global batch.
+
+  `[N_local, D] -> [num, D]`, the same on every device: exactly the rows
+  `all_gather(z)[picks]` for global picks drawn with `key`, but each device
+  contributes only the rows it holds to a `psum` of `[num, D]` instead of
+  gathering the whole batch (which on CPU costs a separate synchronisation of
+  all devices mid-step; the `psum` joins the step's other all-reduces).
+  """
+  n_local = z.shape[0]
+  if axis_name is None:
+    return z[jax.random.randint(key, (num,), 0, n_local)]
+  num_devices = lax.psum(1, axis_name)
+  picks = jax.random.randint(key, (num,), 0, n_local * num_devices)
+  held_here = picks // n_local == lax.axis_index(axis_name)
+  rows = jnp.where(held_here[:, None], z[picks % n_local], 0.0)
+  return lax.psum(rows, axis_name)
+
+
 def restart_dead_codes(state: EMAState, z: jax.Array, key: jax.Array,
                        threshold: float = 1.0, decay: float = 0.99,
                        axis_name: str | None = None) -> tuple[EMAState, jax.Array]:
@@ -246,8 +266,8 @@ def restart_dead_codes(state: EMAState, z: jax.Array, key: jax.Array,
   Each dead code becomes a vector drawn uniformly (with replacement) from the
   global batch `z`; its EMA statistics restart as if it had been assigned that
   vector `threshold` times, so it is not declared dead again at once. `key` must
-  be the same on every device; with `axis_name` the global batch is gathered,
-  so every device makes the same choice. Nothing happens before the first EMA
+  be the same on every device; with `axis_name` every device makes the same
+  choice from the global batch (see `_draw_global`). Nothing happens before the first EMA
   update (`state.count == 0`).
 
   Args:
@@ -262,12 +282,10 @@ def restart_dead_codes(state: EMAState, z: jax.Array, key: jax.Array,
     (new state, [K] bool mask of the codes that were restarted).
   """
   num_codes, dim = state.codebook.shape
-  z = _gather_global(lax.stop_gradient(z).reshape(-1, dim).astype(jnp.float32),
-                     axis_name)
+  z = lax.stop_gradient(z).reshape(-1, dim).astype(jnp.float32)
   usage = ema_cluster_size(state, decay)
   dead = (usage < threshold) & (state.count > 0)
-  picks = jax.random.randint(key, (num_codes,), 0, z.shape[0])
-  fresh = z[picks]
+  fresh = _draw_global(z, key, num_codes, axis_name)
   codebook = jnp.where(dead[:, None], fresh, state.codebook)
   # Store biased values whose debiased reading is `threshold` (and its sum).
   bias = 1.0 - jnp.power(jnp.float32(decay),

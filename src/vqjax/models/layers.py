@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vqjax.models import winograd as winograd_lib
+
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 
@@ -189,7 +191,7 @@ def space_to_depth(x: Array, block: int) -> Array:
 
 
 def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
-           padding: Padding = "SAME") -> Array:
+           padding: Padding = "SAME", winograd: bool = True) -> Array:
   """`lax.conv_general_dilated(x, kernel, strides, padding)` (NHWC/HWIO).
 
   Strided convolutions are rewritten as stride-1 ones by space-to-depth: with
@@ -201,11 +203,22 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   VQ-VAE encoder's) goes to `conv_4x4_stride2_same`, im2col and matmuls,
   measured 1.2x faster (forward + backward) than space-to-depth.
 
+  Unless `winograd` is False, stride-1 3x3 and 2x2 convolutions (after
+  space-to-depth: a 4x4 stride-2 one is a 2x2 one) with more than
+  `_IM2COL_MAX_DEPTH` multiply-adds per output and non-negative padding go to
+  `vqjax.models.winograd.conv`: on the VQ-VAE's 7x7 maps F(4x4, 3x3) does
+  3.1x fewer multiply-adds than the direct convolution (measured 2.0-2.3x
+  faster forward + backward, 1.25x for 32 output channels) and F(4x4, 2x2)
+  1.96x fewer (the 4x4 stride-2 64 -> 128 convolution: 1.5x faster than
+  `conv_4x4_stride2_same`).
+
   Args:
     x: [B, H, W, C].
     kernel: [kh, kw, C, O].
     strides: (sh, sw).
     padding: 'SAME', 'VALID' or [(lo, hi), (lo, hi)].
+    winograd: use the Winograd algorithm where it applies (same function, up
+      to float32 rounding of ~1e-5 of the output's scale).
 
   Returns:
     [B, out_h, out_w, O], as `lax.conv_general_dilated`.
@@ -218,12 +231,13 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   s = sh
   out = [(n + lo + hi - k) // s + 1
          for n, (lo, hi), k in zip(x.shape[1:3], pads, (kh, kw))]
-  if (s == 2 and (kh, kw) == (4, 4) and
-      pads == _explicit_padding("SAME", x.shape[1:3], (4, 4), (2, 2))):
-    return conv_4x4_stride2_same(x, kernel)
   if s == 1:
-    return _conv_stride1(x, kernel, tuple(pads))
+    return _stride1(x, kernel, pads, winograd)
   taps = [-(-k // s) for k in (kh, kw)]  # ceil(k / s) taps per block
+  if (s == 2 and (kh, kw) == (4, 4) and
+      pads == _explicit_padding("SAME", x.shape[1:3], (4, 4), (2, 2)) and
+      not (winograd and _use_winograd((*taps, s * s * c), ((0, 0), (0, 0))))):
+    return conv_4x4_stride2_same(x, kernel)
   # Pad (or crop) so the padded input is exactly s * (out + taps - 1) long.
   ends = [s * (n_out + t - 1) for n_out, t in zip(out, taps)]
   x = _pad(x, [(lo, end - lo - n) for (lo, _), end, n in
@@ -233,7 +247,22 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   kernel = kernel.reshape(taps[0], s, taps[1], s, c, o)
   kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(taps[0], taps[1],
                                                       s * s * c, o)
-  return _conv_stride1(space_to_depth(x, s), kernel, ((0, 0), (0, 0)))
+  return _stride1(space_to_depth(x, s), kernel, ((0, 0), (0, 0)), winograd)
+
+
+def _use_winograd(kernel_shape: Sequence[int],
+                  padding: Sequence[tuple[int, int]]) -> bool:
+  """Winograd for 2x2 and 3x3 kernels deep enough for the transforms to pay."""
+  kh, kw, c = kernel_shape[:3]
+  return (kh == kw and kh in (2, 3) and kh * kw * c > _IM2COL_MAX_DEPTH and
+          winograd_lib.supports(kernel_shape, padding))
+
+
+def _stride1(x: Array, kernel: Array, padding: Sequence[tuple[int, int]],
+             winograd: bool) -> Array:
+  if winograd and _use_winograd(kernel.shape, padding):
+    return winograd_lib.conv(x, kernel, padding)
+  return _conv_stride1(x, kernel, tuple(padding))
 
 
 class Conv(nn.Module):
@@ -243,7 +272,8 @@ class Conv(nn.Module):
   `bias: [features]`, same initialisers), and as the class is also called
   `Conv`, auto-named instances get the same names (`Conv_0`, ...), so the
   param trees are identical. Supports stride 1 and equal strides (see
-  `conv2d`), any padding; no dilation or feature groups.
+  `conv2d`), any padding; no dilation or feature groups. `winograd=False`
+  turns off the Winograd algorithm for 3x3 kernels (see `conv2d`).
 
   Input `[B, H, W, C_in]` -> output `[B, out_h, out_w, features]`.
   """
@@ -254,12 +284,13 @@ class Conv(nn.Module):
   use_bias: bool = True
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  winograd: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features))
-    y = conv2d(x, kernel, tuple(self.strides), self.padding)
+    y = conv2d(x, kernel, tuple(self.strides), self.padding, self.winograd)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,))
     return y
@@ -447,22 +478,26 @@ class ResidualStack(nn.Module):
   num_hiddens: int
   num_residual_hiddens: int
   num_residual_layers: int
+  winograd: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for _ in range(self.num_residual_layers):
       h = nn.relu(x)
-      h = Conv(self.num_residual_hiddens, (3, 3), padding="SAME")(h)
+      h = Conv(self.num_residual_hiddens, (3, 3), padding="SAME",
+               winograd=self.winograd)(h)
       h = nn.relu(h)
       h = Conv(self.num_hiddens, (1, 1))(h)
       x = x + h
     return nn.relu(x)
 
 
-def conv_stride2(features: int, name: str | None = None) -> Conv:
+def conv_stride2(features: int, name: str | None = None,
+                 winograd: bool = True) -> Conv:
   """The encoder's 4x4 stride-2 'SAME' downsampling convolution: a `Conv`
-  (`nn.Conv`'s parameters), computed by `conv_4x4_stride2_same`."""
-  return Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name)
+  (`nn.Conv`'s parameters; see `conv2d` for how it is computed)."""
+  return Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
+              winograd=winograd)
 
 
 __all__: Sequence[str] = ["Conv", "UpsampleConvTranspose", "ResidualStack",

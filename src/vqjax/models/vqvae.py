@@ -20,15 +20,17 @@ class Encoder(nn.Module):
   num_residual_hiddens: int
   num_residual_layers: int
   num_downsamples: int = 2
+  winograd: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
-      x = nn.relu(conv_stride2(self.num_hiddens if last else self.num_hiddens // 2)(x))
-    x = Conv(self.num_hiddens, (3, 3), padding="SAME")(x)
+      features = self.num_hiddens if last else self.num_hiddens // 2
+      x = nn.relu(conv_stride2(features, winograd=self.winograd)(x))
+    x = Conv(self.num_hiddens, (3, 3), padding="SAME", winograd=self.winograd)(x)
     return ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                         self.num_residual_layers)(x)
+                         self.num_residual_layers, self.winograd)(x)
 
 
 class Decoder(nn.Module):
@@ -38,12 +40,13 @@ class Decoder(nn.Module):
   num_residual_layers: int
   out_channels: int
   num_downsamples: int = 2
+  winograd: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = Conv(self.num_hiddens, (3, 3), padding="SAME")(z)
+    x = Conv(self.num_hiddens, (3, 3), padding="SAME", winograd=self.winograd)(z)
     x = ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                      self.num_residual_layers)(x)
+                      self.num_residual_layers, self.winograd)(x)
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       x = UpsampleConvTranspose(
@@ -71,18 +74,20 @@ class VQVAE(nn.Module):
   epsilon: float = 1e-5
   dead_code_threshold: float = 0.0
   out_channels: int = 1
+  winograd: bool = True  # 3x3 convs by Winograd F(4x4, 3x3) (vqjax.models.winograd)
   axis_name: str | None = None
 
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
-                           self.num_residual_layers, self.num_downsamples)
+                           self.num_residual_layers, self.num_downsamples,
+                           self.winograd)
     self.pre_quantization = Conv(self.code_dim, (1, 1))
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
         self.epsilon, self.dead_code_threshold, self.axis_name)
     self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.out_channels,
-                           self.num_downsamples)
+                           self.num_downsamples, self.winograd)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """`[B, H, W, C]` float -> `z_e: [B, h, w, D]`."""

@@ -1,0 +1,130 @@
+"""Winograd convolutions compute the direct convolution's function."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vqjax.models import layers, winograd
+from vqjax.models.vqvae import VQVAE
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _direct(x, kernel, padding):
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                  dimension_numbers=_DIMS,
+                                  precision=lax.Precision.HIGHEST)
+
+
+def _close(a, b, scale_tol=2e-5):
+  """Equal up to float32 rounding, relative to the larger array's scale."""
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape
+  scale = max(np.abs(b).max(), 1e-6)
+  np.testing.assert_allclose(a / scale, b / scale, rtol=0, atol=scale_tol)
+
+
+def test_matrices_are_lavin_and_grays_f4x4_3x3():
+  """The Toom-Cook construction reproduces the published F(4x4, 3x3)."""
+  b_t, g, a_t = winograd.matrices(4, 3)
+  np.testing.assert_allclose(b_t, [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+                                   [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                                   [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+  np.testing.assert_allclose(g, [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+                                 [-1 / 6, 1 / 6, -1 / 6],
+                                 [1 / 24, 1 / 12, 1 / 6],
+                                 [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+  np.testing.assert_allclose(a_t, [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+                                   [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_one_dimensional_algorithm_is_a_correlation(r):
+  """y = A^T [(G g) . (B^T d)] is y_i = sum_k g_k d_{i+k}, exactly (float64)."""
+  b_t, g, a_t = (np.array(m) for m in winograd.matrices(4, r))
+  rng = np.random.default_rng(r)
+  d, w = rng.normal(size=4 + r - 1), rng.normal(size=r)
+  expected = [np.dot(w, d[i:i + r]) for i in range(4)]
+  np.testing.assert_allclose(a_t @ ((g @ w) * (b_t @ d)), expected,
+                             rtol=1e-12, atol=1e-12)
+
+
+CASES = [
+    # (input shape, kernel size, padding)
+    ((2, 7, 7, 16), 3, ((1, 1), (1, 1))),   # the VQ-VAE's 'SAME' 3x3 on 7x7
+    ((1, 9, 6, 5), 3, ((0, 2), (2, 0))),    # asymmetric, non-square
+    ((2, 13, 11, 3), 3, ((0, 0), (0, 0))),  # 'VALID', several tiles
+    ((2, 8, 8, 12), 2, ((0, 0), (0, 0))),   # the space-to-depth 4x4 stride 2
+    ((1, 5, 8, 4), 2, ((0, 1), (1, 0))),
+    ((3, 4, 4, 6), 3, ((2, 2), (2, 2))),    # 'full'
+]
+
+
+@pytest.mark.parametrize("shape,r,padding", CASES)
+def test_conv_and_gradients_equal_direct_convolution(shape, r, padding):
+  kx, kk, kd = jax.random.split(jax.random.PRNGKey(sum(shape) + r), 3)
+  x = jax.random.normal(kx, shape)
+  kernel = jax.random.normal(kk, (r, r, shape[-1], 7))
+  y = winograd.conv(x, kernel, padding)
+  y_direct = _direct(x, kernel, padding)
+  _close(y, y_direct)
+
+  # A random cotangent: checks the explicit transposes of every transform.
+  cotangent = jax.random.normal(kd, y_direct.shape)
+  grads = jax.grad(lambda x, k: jnp.vdot(winograd.conv(x, k, padding),
+                                         cotangent), (0, 1))(x, kernel)
+  grads_direct = jax.grad(lambda x, k: jnp.vdot(_direct(x, k, padding),
+                                                cotangent), (0, 1))(x, kernel)
+  for a, b in zip(grads, grads_direct):
+    _close(a, b)
+
+
+def test_conv_is_jittable_and_rejects_what_it_does_not_support():
+  x = jnp.ones((1, 7, 7, 4))
+  y = jax.jit(lambda x, k: winograd.conv(x, k, ((1, 1), (1, 1))))(
+      x, jnp.ones((3, 3, 4, 2)))
+  assert y.shape == (1, 7, 7, 2)
+  assert not winograd.supports((5, 5, 4, 2), ((2, 2), (2, 2)))
+  assert not winograd.supports((3, 3, 4, 2), ((-1, 0), (0, 0)))
+  with pytest.raises(ValueError, match="Winograd conv takes"):
+    winograd.conv(x, jnp.ones((3, 3, 4, 2)), ((-1, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("kernel_size,strides", [((3, 3), (1, 1)),
+                                                 ((4, 4), (2, 2))])
+def test_conv_layer_with_and_without_winograd(kernel_size, strides):
+  """`layers.Conv` takes the Winograd path for deep enough inputs; the
+  result and the parameter and input gradients match the direct path."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 14, 32))
+  fast = layers.Conv(24, kernel_size, strides=strides, padding="SAME")
+  direct = layers.Conv(24, kernel_size, strides=strides, padding="SAME",
+                       winograd=False)
+  reference = nn.Conv(24, kernel_size, strides=strides, padding="SAME")
+  params = fast.init(jax.random.PRNGKey(1), x)
+  assert (jax.tree.map(jnp.shape, params) ==
+          jax.tree.map(jnp.shape, reference.init(jax.random.PRNGKey(1), x)))
+
+  def value_and_grads(module):
+    loss = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+    return module.apply(params, x), jax.grad(loss, (0, 1))(params, x)
+
+  y_fast, g_fast = value_and_grads(fast)
+  for other in (direct, reference):
+    y, g = value_and_grads(other)
+    _close(y_fast, y)
+    jax.tree.map(_close, g_fast, g)
+
+
+def test_vqvae_reconstruction_same_with_and_without_winograd():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1)) - 0.5
+  kwargs = dict(num_hiddens=32, num_residual_hiddens=8, num_codes=16,
+                code_dim=8)
+  model = VQVAE(**kwargs)
+  variables = model.init(jax.random.PRNGKey(1), x)
+  out = model.apply(variables, x)
+  out_direct = VQVAE(**kwargs, winograd=False).apply(variables, x)
+  np.testing.assert_array_equal(out["indices"], out_direct["indices"])
+  _close(out["reconstruction"], out_direct["reconstruction"])
