@@ -128,3 +128,26 @@ def test_vqvae_reconstruction_same_with_and_without_winograd():
   out_direct = VQVAE(**kwargs, winograd=False).apply(variables, x)
   np.testing.assert_array_equal(out["indices"], out_direct["indices"])
   _close(out["reconstruction"], out_direct["reconstruction"])
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 7, 32), (1, 4, 6, 20)])
+def test_transposed_conv_by_winograd_equals_flax(shape):
+  """`UpsampleConvTranspose` (Winograd for >= 16 output channels) against
+  `nn.ConvTranspose`: output and gradients, with a random cotangent."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  fast = layers.UpsampleConvTranspose(24)
+  reference = nn.ConvTranspose(24, (4, 4), strides=(2, 2), padding="SAME")
+  params = reference.init(jax.random.PRNGKey(1), x)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2),
+                                (shape[0], 2 * shape[1], 2 * shape[2], 24))
+
+  def value_and_grads(module):
+    loss = lambda p, x: jnp.vdot(module.apply(p, x), cotangent)
+    return module.apply(params, x), jax.grad(loss, (0, 1))(params, x)
+
+  y_fast, g_fast = value_and_grads(fast)
+  y_ref, g_ref = value_and_grads(reference)
+  _close(y_fast, y_ref)
+  jax.tree.map(_close, g_fast, g_ref)
+  direct = layers.conv_transpose_4x4_stride2(x, params["params"]["kernel"])
+  _close(y_fast - params["params"]["bias"], direct)

@@ -47,6 +47,8 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 # convolution's forward pass is an explicit im2col matmul: XLA's convolution
 # kernels are slow with so few input channels (the encoder's first layer).
 _IM2COL_MAX_DEPTH = 64
+# Fewest output channels for which a transposed convolution goes to Winograd.
+_WINOGRAD_MIN_OUT_CHANNELS = 16
 
 
 def _xla_conv(x: Array, kernel: Array,
@@ -393,6 +395,67 @@ def _conv_transpose_bwd(residuals, dy):
 conv_transpose_4x4_stride2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
+def _pad_rows_cols(x: Array, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> Array:
+  config = [(0, 0, 0)] * x.ndim
+  config[1], config[2] = (*rows, 0), (*cols, 0)
+  return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+@jax.custom_vjp
+def _interleave_phases(windows: Array) -> Array:
+  """`[B, H + 1, W + 1, 2, 2, C] -> [B, 2H, 2W, C]`: output pixel
+  `(2a + p, 2b + q)` is `windows[:, a + p, b + q, p, q]`."""
+  b, h, w = windows.shape[0], windows.shape[1] - 1, windows.shape[2] - 1
+  rows = [jnp.stack([windows[:, p:p + h, q:q + w, p, q] for q in (0, 1)],
+                    axis=3) for p in (0, 1)]  # [B, H, W, 2 (q), C]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1)
+
+
+def _interleave_phases_fwd(windows):
+  return _interleave_phases(windows), None
+
+
+def _interleave_phases_bwd(_, dy):
+  # Written out: differentiating the four slices pads each back to the whole
+  # `windows` shape and sums them, ~2 ms more per step here.
+  b, h2, w2, c = dy.shape
+  phases = dy.reshape(b, h2 // 2, 2, w2 // 2, 2, c)
+  return (jnp.stack([jnp.stack([
+      _pad_rows_cols(phases[:, :, p, :, q], (p, 1 - p), (q, 1 - q))
+      for q in (0, 1)], axis=3) for p in (0, 1)], axis=3),)
+
+
+_interleave_phases.defvjp(_interleave_phases_fwd, _interleave_phases_bwd)
+
+
+def conv_transpose_4x4_stride2_winograd(x: Array, kernel: Array) -> Array:
+  """`conv_transpose_4x4_stride2` by one Winograd F(4x4, 2x2) convolution.
+
+  Output pixel `2 a + p` (per axis) is `x[a + p - 1] k[p] + x[a + p] k[p + 2]`:
+  for both phases p a 2-tap correlation over input rows `s, s + 1` with
+  `s = a + p - 1`. So one 2x2 convolution of the input padded by one on each
+  side, whose `4 C_out` output channels hold the four phases' kernels
+  `k[p + 2u, q + 2v]`, gives every phase at all `(H + 1) x (W + 1)` window
+  positions (8x8 for a 7x7 input: whole 4x4 tiles), and phase (p, q) takes
+  positions `(a + p, b + q)`. 100 multiply-adds per channel pair and input
+  pixel instead of the matmul formulation's 196 (7x7 input).
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [4, 4, C_in, C_out] (the `nn.ConvTranspose` kernel).
+
+  Returns:
+    [B, 2H, 2W, C_out].
+  """
+  b, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
+  phases = kernel.reshape(2, 2, 2, 2, c_in, c_out)  # [u, p, v, q, C_in, C_out]
+  phases = phases.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, 4 * c_out)
+  windows = winograd_lib.conv(x, phases, ((1, 1), (1, 1)))
+  return _interleave_phases(windows.reshape(b, h + 1, w + 1, 2, 2, c_out))
+
+
 @jax.custom_vjp
 def conv_4x4_stride2_same(x: Array, kernel: Array) -> Array:
   """`lax.conv_general_dilated(x, kernel, (2, 2), "SAME")` for a 4x4 kernel.
@@ -453,22 +516,31 @@ class UpsampleConvTranspose(nn.Module):
   XLA:CPU runs the strided transposed convolution as a convolution over an
   input dilated with zeros, three quarters of which are multiplications by
   zero, and slowly at that. Here the same function is one matmul followed by
-  shifted adds (`conv_transpose_4x4_stride2`). Parameters have the same names
-  and shapes as `nn.ConvTranspose` (`kernel: [4, 4, C_in, C_out]`,
-  `bias: [C_out]`), so the two are interchangeable (`tests/test_layers.py`
-  checks equality).
+  shifted adds (`conv_transpose_4x4_stride2`), or, with `winograd` and enough
+  channels, one Winograd convolution (`conv_transpose_4x4_stride2_winograd`:
+  128 -> 64 channels at 7x7, measured 1.5x faster forward + backward).
+  Parameters have the same names and shapes as `nn.ConvTranspose`
+  (`kernel: [4, 4, C_in, C_out]`, `bias: [C_out]`), so the two are
+  interchangeable (`tests/test_layers.py` and `tests/test_winograd.py` check
+  equality).
 
   Input `[B, H, W, C_in]` -> output `[B, 2H, 2W, features]`.
   """
   features: int
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  winograd: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", self.kernel_init,
                         (4, 4, x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
+    # With few output channels the transforms cost more than they save
+    # (64 -> 1 at 14x14: 2.4 ms forward + backward against 1.3 ms).
+    if (self.winograd and self.features >= _WINOGRAD_MIN_OUT_CHANNELS and
+        _use_winograd((2, 2, x.shape[-1]), ((1, 1), (1, 1)))):
+      return conv_transpose_4x4_stride2_winograd(x, kernel) + bias
     return conv_transpose_4x4_stride2(x, kernel) + bias
 
 
@@ -502,4 +574,6 @@ def conv_stride2(features: int, name: str | None = None,
 
 __all__: Sequence[str] = ["Conv", "UpsampleConvTranspose", "ResidualStack",
                           "conv_stride2", "conv2d", "conv_4x4_stride2_same",
-                          "conv_transpose_4x4_stride2", "space_to_depth"]
+                          "conv_transpose_4x4_stride2",
+                          "conv_transpose_4x4_stride2_winograd",
+                          "space_to_depth"]

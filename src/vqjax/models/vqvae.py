@@ -50,7 +50,8 @@ class Decoder(nn.Module):
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       x = UpsampleConvTranspose(
-          self.out_channels if last else self.num_hiddens // 2)(x)
+          self.out_channels if last else self.num_hiddens // 2,
+          winograd=self.winograd)(x)
       if not last:
         x = nn.relu(x)
     return x
