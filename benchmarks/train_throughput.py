@@ -4,6 +4,7 @@
   python benchmarks/train_throughput.py                 # stage 1, MNIST config
   python benchmarks/train_throughput.py --breakdown     # + per-component costs
   python benchmarks/train_throughput.py --json --repeats 7 --steps 10
+  python benchmarks/train_throughput.py --set model.winograd=False
 
 The step is built exactly as training builds it: the task's `train_step`,
 mapped over the local devices by `vqjax.parallel.data_parallel` (pmap, state
@@ -42,6 +43,7 @@ table says which was in force) and makes the CPU one device per core
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import dataclasses
 import importlib.util
@@ -345,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="config file[:variant] (default: the stage's).")
   parser.add_argument("--batch-size", type=int, default=0,
                       help="global batch (default: the config's).")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field, e.g. "
+                           "--set model.winograd=False (repeatable).")
   parser.add_argument("--steps", type=int, default=10,
                       help="steps per timed repeat.")
   parser.add_argument("--repeats", type=int, default=5,
@@ -365,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
   config = load_config(args.config or DEFAULT_CONFIGS[args.stage])
   if args.batch_size:
     config.train.batch_size = args.batch_size
+  for override in args.set:
+    key, _, value = override.partition("=")
+    *parents, name = key.split(".")
+    node = config
+    for parent in parents:
+      node = node.get(parent, {})
+    if name not in node:
+      parser.error(f"--set {override}: the config has no field {key!r}")
+    node[name] = ast.literal_eval(value)
   parallel.use_cpu_cores_as_devices(args.cpu_devices,
                                     (config.train.batch_size,))
   bench = STAGES[args.stage](args, config)

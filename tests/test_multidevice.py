@@ -100,15 +100,17 @@ CPU_DEVICES_SCRIPT = textwrap.dedent("""
       jax.devices()
       assert parallel.use_cpu_cores_as_devices(3, (128,)) == 0
     import jax
-    print(jax.local_device_count(), host_memory.reuse_freed_memory())
+    print(jax.local_device_count(), host_memory.reuse_freed_memory(),
+          os.environ.get("XLA_FLAGS", "").replace(" ", ","))
 """)
 
 
 def _cpu_devices(case: str, **env) -> list[str]:
+  """[device count, malloc tuned, XLA_FLAGS with ',' for spaces]."""
   clean = {"XLA_FLAGS": "", **env}
   result = run_python(["-c", CPU_DEVICES_SCRIPT, case], env=clean)
   assert result.returncode == 0, result.stderr[-2000:]
-  return result.stdout.split()
+  return (result.stdout.split() + [""])[:3]
 
 
 def test_cpu_devices_policy():
@@ -121,6 +123,14 @@ def test_cpu_devices_policy():
   assert _cpu_devices("user_setting_wins", XLA_FLAGS=(
       "--xla_force_host_platform_device_count=2"))[0] == "2"
   assert _cpu_devices("after_start")[0] == "1"
+
+
+def test_one_thread_per_cpu_device_unless_the_user_says_otherwise():
+  one_thread = "--xla_cpu_multi_thread_eigen=false"
+  assert _cpu_devices("requested")[2] == one_thread
+  assert _cpu_devices("divides_batch")[2] == ""  # one device: all threads
+  own = "--xla_cpu_multi_thread_eigen=true"
+  assert _cpu_devices("requested", XLA_FLAGS=own) == ["3", "True", own]
 
 
 def test_malloc_setting_respects_opt_out():

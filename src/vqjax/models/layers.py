@@ -23,8 +23,13 @@ fast (YNNPACK) kernels. What the plain formulations hit instead, on XLA:CPU
 Hence: custom VJPs whose backward passes are again fast forward-style
 convolutions or matmuls, with transposed operands materialised
 (`_materialized_transpose`), and the 4x4 stride-2 layers written as im2col /
-col2im around one matmul each way. `tests/test_layers.py` checks outputs and
-gradients against the Flax layers.
+col2im around one matmul each way. On top of that, where the channels are
+deep enough, the 3x3 convolutions, the 4x4 stride-2 convolution (after
+space-to-depth, a 2x2 one) and the 4x4 stride-2 transposed convolution (one
+2x2 convolution over its four phases) use Winograd's minimal filtering
+algorithm (`vqjax.models.winograd`): the same function with 2-3x fewer
+multiplications; `winograd=False` turns it off. `tests/test_layers.py` and
+`tests/test_winograd.py` check outputs and gradients against the Flax layers.
 """
 
 from __future__ import annotations
