@@ -206,9 +206,10 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   enc, dec = params["encoder"], params["decoder"]
   cfg = task.config
   nh = cfg.model.num_hiddens
+  winograd = cfg.model.get("winograd", True)
   stack = lambda: layers.ResidualStack(nh, cfg.model.num_residual_hiddens,
-                                       cfg.model.num_residual_layers)
-  conv3 = layers.Conv(nh, (3, 3), padding="SAME")
+                                       cfg.model.num_residual_layers, winograd)
+  conv3 = layers.Conv(nh, (3, 3), padding="SAME", winograd=winograd)
   rows = []
 
   def add(name, module, p, inp, input_grad=True):
@@ -223,7 +224,8 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(down):
     feats = enc[k]["kernel"].shape[-1]
     h = jax.nn.relu(add(f"encoder {k} 4x4/2 {h.shape[-1]}->{feats}",
-                        layers.conv_stride2(feats), enc[k], h,
+                        layers.conv_stride2(feats, winograd=winograd),
+                        enc[k], h,
                         input_grad=i > 0))  # No gradient for the images.
   convs = sorted(k for k in enc if k.startswith("Conv_") and k not in down)
   for k in convs:
@@ -260,7 +262,7 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(ups):
     feats = dec[k]["kernel"].shape[-1]
     h = add(f"decoder {k} 4x4/2T {h.shape[-1]}->{feats}",
-            layers.UpsampleConvTranspose(feats), dec[k], h)
+            layers.UpsampleConvTranspose(feats, winograd=winograd), dec[k], h)
     if i < len(ups) - 1:
       h = jax.nn.relu(h)
   return rows
