@@ -280,7 +280,8 @@ class Conv(nn.Module):
   `Conv`, auto-named instances get the same names (`Conv_0`, ...), so the
   param trees are identical. Supports stride 1 and equal strides (see
   `conv2d`), any padding; no dilation or feature groups. `winograd=False`
-  turns off the Winograd algorithm for 3x3 kernels (see `conv2d`).
+  turns off the Winograd algorithm (3x3 and 4x4 stride-2 kernels; see
+  `conv2d`).
 
   Input `[B, H, W, C_in]` -> output `[B, out_h, out_w, features]`.
   """
@@ -400,13 +401,6 @@ def _conv_transpose_bwd(residuals, dy):
 conv_transpose_4x4_stride2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
-def _pad_rows_cols(x: Array, rows: tuple[int, int],
-                   cols: tuple[int, int]) -> Array:
-  config = [(0, 0, 0)] * x.ndim
-  config[1], config[2] = (*rows, 0), (*cols, 0)
-  return lax.pad(x, jnp.zeros((), x.dtype), config)
-
-
 @jax.custom_vjp
 def _interleave_phases(windows: Array) -> Array:
   """`[B, H + 1, W + 1, 2, 2, C] -> [B, 2H, 2W, C]`: output pixel
@@ -427,7 +421,7 @@ def _interleave_phases_bwd(_, dy):
   b, h2, w2, c = dy.shape
   phases = dy.reshape(b, h2 // 2, 2, w2 // 2, 2, c)
   return (jnp.stack([jnp.stack([
-      _pad_rows_cols(phases[:, :, p, :, q], (p, 1 - p), (q, 1 - q))
+      _pad(phases[:, :, p, :, q], ((p, 1 - p), (q, 1 - q)))
       for q in (0, 1)], axis=3) for p in (0, 1)], axis=3),)
 
 
