@@ -42,8 +42,8 @@ def use_cpu_cores_as_devices(requested: int = 0,
   gradients `pmean`'d) keeps both cores busy through the many small ops of a
   VQ-VAE step that one device's intra-op threads leave half idle: 634 against
   524 images/s for the MNIST VQ-VAE on 2 cores
-  (`benchmarks/train_throughput.py --cpu-devices 2` vs `--cpu-devices 1`). The step computes the same function
-  (`tests/test_multidevice.py`).
+  (`benchmarks/train_throughput.py --cpu-devices 2` vs `--cpu-devices 1`).
+  The step computes the same function (`tests/test_multidevice.py`).
 
   With more than one device, each device's ops also run on its own thread
   (`--xla_cpu_multi_thread_eigen=false` is added to `XLA_FLAGS` unless that

@@ -267,8 +267,8 @@ def restart_dead_codes(state: EMAState, z: jax.Array, key: jax.Array,
   global batch `z`; its EMA statistics restart as if it had been assigned that
   vector `threshold` times, so it is not declared dead again at once. `key` must
   be the same on every device; with `axis_name` every device makes the same
-  choice from the global batch (see `_draw_global`). Nothing happens before the first EMA
-  update (`state.count == 0`).
+  choice from the global batch (see `_draw_global`). Nothing happens before
+  the first EMA update (`state.count == 0`).
 
   Args:
     state: EMAState after `ema_update`.

@@ -22,7 +22,7 @@ fast (YNNPACK) kernels. What the plain formulations hit instead, on XLA:CPU
 
 Hence: custom VJPs whose backward passes are again fast forward-style
 convolutions or matmuls, with transposed operands materialised
-(`_materialized_transpose`), and the 4x4 stride-2 layers written as im2col /
+(`materialized_transpose`), and the 4x4 stride-2 layers written as im2col /
 col2im around one matmul each way. On top of that, where the channels are
 deep enough, the 3x3 convolutions, the 4x4 stride-2 convolution (after
 space-to-depth, a 2x2 one) and the 4x4 stride-2 transposed convolution (one
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vqjax.models import winograd as winograd_lib
+from vqjax.models.winograd import materialized_transpose
 
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
@@ -75,18 +76,6 @@ def _windows(x: Array, kh: int, kw: int) -> list[Array]:
   `[B, H, W, C]` -> list of `[B, H - kh + 1, W - kw + 1, C]`."""
   oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
   return [x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)]
-
-
-def _materialized_transpose(x: Array) -> Array:
-  """`x.T` for `[N, M]`, materialised in memory.
-
-  XLA:CPU runs a dot that contracts the leading dimension of an operand
-  (`a.T @ b`, as in every weight gradient) in a slow generic kernel; the
-  barrier stops XLA from folding the transpose back into the dot, so the dot
-  is a plain `[M, N] @ [N, K]` that its fast (YNNPACK) kernel takes. Copying
-  the smaller operand costs less than the slower kernel (~5% of the step).
-  """
-  return lax.optimization_barrier(x.T)
 
 
 def _conv_forward(x: Array, kernel: Array,
@@ -144,20 +133,20 @@ def _conv_stride1_bwd(padding, residuals, dy):
     x_2d = _pad(x, padding).reshape(-1, c)
     dy_2d = dy.reshape(-1, o)
     if c <= o:  # Transpose (copy) the smaller operand.
-      dkernel = jnp.dot(_materialized_transpose(x_2d), dy_2d)
+      dkernel = jnp.dot(materialized_transpose(x_2d), dy_2d)
     else:  # (The barrier keeps XLA from folding the `.T` into the dot.)
       dkernel = lax.optimization_barrier(
-          jnp.dot(_materialized_transpose(dy_2d), x_2d)).T
+          jnp.dot(materialized_transpose(dy_2d), x_2d)).T
     dkernel = dkernel[None, None]
   elif kh * kw * c <= _IM2COL_MAX_DEPTH:
     # [O, N] @ [N, kh * kw * C]: one matmul over the im2col columns.
     cols = jnp.concatenate(_windows(_pad(x, padding), kh, kw), axis=-1)
-    dkernel = jnp.dot(_materialized_transpose(dy.reshape(-1, o)),
+    dkernel = jnp.dot(materialized_transpose(dy.reshape(-1, o)),
                       cols.reshape(-1, kh * kw * c))
     dkernel = dkernel.reshape(o, kh, kw, c).transpose(1, 2, 3, 0)
   elif kh * kw < 9:
     # One [O, N] @ [N, C] matmul per tap (`dy.T` materialised once).
-    dy_t = _materialized_transpose(dy.reshape(-1, o))
+    dy_t = materialized_transpose(dy.reshape(-1, o))
     dkernel = jnp.stack([jnp.dot(dy_t, window.reshape(-1, c))
                          for window in _windows(_pad(x, padding), kh, kw)])
     dkernel = dkernel.reshape(kh, kw, o, c).transpose(0, 1, 3, 2)
@@ -392,7 +381,7 @@ def _conv_transpose_bwd(residuals, dy):
   c_in, c_out = kernel.shape[2:]
   dtaps = _image_to_taps(dy).reshape(-1, 16 * c_out)
   dx = jnp.dot(dtaps, _kernel_matrix(kernel).T).reshape(x.shape)
-  dmatrix = jnp.dot(_materialized_transpose(x.reshape(-1, c_in)),
+  dmatrix = jnp.dot(materialized_transpose(x.reshape(-1, c_in)),
                     dtaps)  # [C_in, 16 C_out]
   dkernel = dmatrix.reshape(c_in, 4, 4, c_out).transpose(1, 2, 0, 3)
   return dx, dkernel
@@ -500,7 +489,7 @@ def _conv_stride2_bwd(residuals, dy):
   dtaps = jnp.dot(dy_2d, matrix.T).reshape(*dy.shape[:3], 4, 4, c_in)
   dx = _taps_to_image(dtaps)[:, :h, :w, :]
   dmatrix = lax.optimization_barrier(jnp.dot(
-      _materialized_transpose(dy_2d),
+      materialized_transpose(dy_2d),
       taps.reshape(-1, 16 * c_in)))  # [C_out, 16 C_in]
   dkernel = jnp.flip(dmatrix.T.reshape(4, 4, c_in, c_out), (0, 1))
   return dx, dkernel

@@ -128,8 +128,9 @@ def _tiles_fwd(x, n, axis, out_axis):
 
 
 def _tiles_bwd(n, axis, out_axis, _, dy):
-  """Overlap-add: `[.., n (out_axis), .., t (axis), ..] -> [.., TILE (t+1), ..]`."""
-  def shift(part, lo, hi):  # pad the tile axis by `lo` blocks before, `hi` after
+  """Overlap-add: `[.., n (out_axis), .., t (axis), ..]` ->
+  `[.., TILE (t + 1), ..]`."""
+  def shift(part, lo, hi):  # pad the tile axis by lo blocks before, hi after
     config = [(0, 0, 0)] * part.ndim
     config[axis] = (lo, hi, 0)
     return lax.pad(part, jnp.zeros((), part.dtype), config)
@@ -144,12 +145,14 @@ def _tiles_bwd(n, axis, out_axis, _, dy):
 _tiles.defvjp(_tiles_fwd, _tiles_bwd)
 
 
-def _transpose_last(x: Array) -> Array:
-  """`x` with its last two axes swapped, materialised in memory.
+def materialized_transpose(x: Array) -> Array:
+  """`x` with its last two axes swapped (`x.T` for `[N, M]`), materialised.
 
-  XLA:CPU runs a dot that contracts an operand's leading non-batch axis (the
-  weight gradient `V^T dM`) in a slow generic kernel; the barrier keeps XLA
-  from folding the transpose back into the dot, so the fast kernel takes it.
+  XLA:CPU runs a dot that contracts the leading non-batch axis of an operand
+  (`a.T @ b`, as in every weight gradient) in a slow generic kernel; the
+  barrier stops XLA from folding the transpose back into the dot, so the dot
+  is a plain `[M, N] @ [N, K]` that its fast (YNNPACK) kernel takes. Copying
+  the smaller operand costs less than the slower kernel.
   """
   return lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
 
@@ -173,9 +176,9 @@ def _batched_matmul_bwd(residuals, dm):
   if u.shape[2] <= u.shape[1]:  # Transpose (copy) the smaller operand.
     # (The barrier keeps XLA from folding the outer transpose into the dot.)
     du = jnp.swapaxes(lax.optimization_barrier(
-        lax.dot_general(_transpose_last(dm), v, _BATCH_MATMUL)), 1, 2)
+        lax.dot_general(materialized_transpose(dm), v, _BATCH_MATMUL)), 1, 2)
   else:
-    du = lax.dot_general(_transpose_last(v), dm, _BATCH_MATMUL)
+    du = lax.dot_general(materialized_transpose(v), dm, _BATCH_MATMUL)
   return dv, du
 
 
