@@ -11,8 +11,7 @@ import time
 
 from absl import flags
 
-from vqjax import cli, generate
-from vqjax.train import prior as prior_lib
+from vqjax import cli, generate, runs
 
 flags.DEFINE_string("workdir", None, "A train_prior.py run folder.")
 flags.DEFINE_integer("num", 64, "Samples per grid.")
@@ -32,7 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def main():
-  prior = prior_lib.restore_prior(FLAGS.workdir, FLAGS.vqvae_workdir)
+  prior = runs.restore_prior(FLAGS.workdir, FLAGS.vqvae_workdir)
   outdir = FLAGS.outdir or os.path.join(FLAGS.workdir, "samples")
   start = time.perf_counter()
   paths = generate.write_all(prior, outdir, FLAGS.num, FLAGS.temperature,

@@ -24,8 +24,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vqjax import host_memory, sampling
-from vqjax.train.prior import make_model
+from vqjax import sampling, xla_cpu
+from vqjax.models import build
 
 BATCH = 64
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
           plain_steps: int | None) -> dict:
   h, w, c = cfg["height"], cfg["width"], cfg["channels"]
   config = shipped_config(cfg["config"])
-  model = make_model(config, cfg["num_values"], c, num_classes=0)
+  model = build.pixelcnn(config, cfg["num_values"], c, num_classes=0)
   shape = (batch, h, w, c)
   # Parameter values do not matter for speed; an "rbg" key compiles faster.
   params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
@@ -118,7 +118,7 @@ def main():
   parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS),
                       help="run only these configs.")
   args = parser.parse_args()
-  host_memory.reuse_freed_memory()  # As sample.py does.
+  xla_cpu.configure(devices=None)  # As sample.py does (CPU only).
 
   repeats, plain_repeats = (2, 1) if args.quick else (5, 3)
   results = []

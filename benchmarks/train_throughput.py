@@ -4,7 +4,7 @@
   python benchmarks/train_throughput.py                 # stage 1, MNIST config
   python benchmarks/train_throughput.py --breakdown     # + per-component costs
   python benchmarks/train_throughput.py --json --repeats 7 --steps 10
-  python benchmarks/train_throughput.py --set model.winograd=False
+  python benchmarks/train_throughput.py --set model.kernels=xla   # Flax's layers
 
 The step is built exactly as training builds it: the task's `train_step`,
 mapped over the local devices by `vqjax.parallel.data_parallel` (pmap, state
@@ -17,10 +17,11 @@ FLOPs per step come from XLA's cost analysis of a compiled step (the pmapped
 step lowered and compiled for the same shapes; XLA reports the per-device
 program, so it is multiplied by the device count). Two counts are reported:
 
-* model FLOPs: the step with every convolution computed directly
-  (`config.model.winograd=False`), i.e. what the architecture costs;
+* model FLOPs: the step with every convolution computed directly (the
+  `xla_cpu` kernels without Winograd: no multiplications by the zeros of a
+  dilated input either), i.e. what the architecture costs;
 * executed FLOPs: the step as timed, whose Winograd convolutions
-  (`vqjax.models.winograd`) do fewer multiplications for the same function.
+  (`vqjax.xla_cpu.winograd`) do fewer multiplications for the same function.
 
 MFU is model FLOP/s and HFU (hardware FLOP utilisation) executed FLOP/s, both
 divided by the dense float32 matmul FLOP/s measured in the same process (median
@@ -33,11 +34,11 @@ step (configs/mnist_vqvae.py), `--stage 2` the PixelCNN prior step
 (configs/mnist_prior.py, on random 7x7 codes with K=512; pass
 `--config configs/mnist_pixelcnn.py` for the raw-pixel model).
 
-No XLA flags are set by this script (the figures are for default flags). Like
-the training scripts, it first calls `vqjax.host_memory.reuse_freed_memory()`
-(set `VQJAX_DEFAULT_MALLOC=1` to time glibc's default allocator instead; the
-table says which was in force) and makes the CPU one device per core
-(`--cpu-devices 1` for a single device).
+No XLA flags are set by this script beyond what the training scripts set.
+Like them, it first calls `vqjax.xla_cpu.configure` (on the CPU backend only:
+freed memory kept mapped, one device per core, one thread per device; set
+`VQJAX_DEFAULT_MALLOC=1` to time glibc's default allocator instead, the table
+says which was in force; `--cpu-devices 1` for a single device).
 """
 
 from __future__ import annotations
@@ -151,13 +152,12 @@ def _stage1(args, config) -> Bench:
   bench.breakdown = lambda: vqvae_breakdown(task, state, x, args.repeats)
 
   def model_flops() -> float:
-    direct = copy.deepcopy(config)
-    direct.model.winograd = False
+    from vqjax import xla_cpu  # pylint: disable=g-import-not-at-top
     reference = copy.copy(task)  # Same data and state; direct convolutions.
-    reference.model = vqvae.make_model(direct, x.shape[-1],
-                                       axis_name=parallel.AXIS)
-    step = parallel.data_parallel(reference.train_step)
-    return compiled_flops(step.lower(bench.state, bench.batch).compile())
+    reference.kernels = "xla"  # ... computed by the kernels entered here:
+    with xla_cpu.kernels(winograd=False):
+      step = parallel.data_parallel(reference.train_step)
+      return compiled_flops(step.lower(bench.state, bench.batch).compile())
 
   bench.model_flops = model_flops
   return bench
@@ -199,24 +199,29 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   the rows approximates the step minus the optimizer and glue (XLA fuses
   across components in the full step, so the rows do not add up exactly).
   """
-  from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
-  from vqjax.models import layers  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from vqjax import kernels, quantizer as vq  # pylint: disable=g-import-not-at-top
+  from vqjax.models import vqvae as vqvae_models  # pylint: disable=g-import-not-at-top
 
   params = state.params
   enc, dec = params["encoder"], params["decoder"]
   cfg = task.config
   nh = cfg.model.num_hiddens
-  winograd = cfg.model.get("winograd", True)
-  stack = lambda: layers.ResidualStack(nh, cfg.model.num_residual_hiddens,
-                                       cfg.model.num_residual_layers, winograd)
-  conv3 = layers.Conv(nh, (3, 3), padding="SAME", winograd=winograd)
+  stack = vqvae_models.ResidualStack(nh, cfg.model.num_residual_hiddens,
+                                     cfg.model.num_residual_layers)
+  conv3 = nn.Conv(nh, (3, 3))
   rows = []
 
+  def apply(module):
+    def fn(p, i):
+      with kernels.scope(task.kernels):
+        return module.apply({"params": p}, i)
+    return fn
+
   def add(name, module, p, inp, input_grad=True):
-    rows.append(_time_component(
-        name, lambda p, i: module.apply({"params": p}, i), p, (inp,), repeats,
-        input_grad))
-    return module.apply({"params": p}, inp)
+    rows.append(_time_component(name, apply(module), p, (inp,), repeats,
+                                input_grad))
+    return apply(module)(p, inp)
 
   h = x
   down = sorted(k for k in enc if k.startswith("Conv_") and
@@ -224,26 +229,29 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(down):
     feats = enc[k]["kernel"].shape[-1]
     h = jax.nn.relu(add(f"encoder {k} 4x4/2 {h.shape[-1]}->{feats}",
-                        layers.conv_stride2(feats, winograd=winograd),
-                        enc[k], h,
+                        nn.Conv(feats, (4, 4), strides=(2, 2)), enc[k], h,
                         input_grad=i > 0))  # No gradient for the images.
   convs = sorted(k for k in enc if k.startswith("Conv_") and k not in down)
   for k in convs:
     h = add(f"encoder {k} 3x3 {h.shape[-1]}->{nh}", conv3, enc[k], h)
-  h = add("encoder residual stack", stack(), enc["ResidualStack_0"], h)
+  h = add("encoder residual stack", stack, enc["ResidualStack_0"], h)
   code_dim = cfg.quantizer.code_dim
   z = add(f"pre-quantization 1x1 {nh}->{code_dim}",
-          layers.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
+          nn.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
 
   # The quantizer: as in training (EMA update + dead-code restart).
   ema = state.model_state["vq_ema"]["quantizer"]
   q = vq.EMAState(**ema)
   key = jax.random.PRNGKey(0)
+  if kernels.resolve(task.kernels) == "xla_cpu":
+    from vqjax.xla_cpu import quantizer as nearest  # pylint: disable=g-import-not-at-top
+  else:
+    nearest = vq
 
   def quant(p, z):
     del p
     codebook = q.codebook
-    indices = vq.nearest_code(z, codebook)
+    indices = nearest.nearest_code(z, codebook)
     z_q = vq.lookup(indices, codebook)
     new = vq.ema_update(q, z, indices, cfg.quantizer.decay,
                         cfg.quantizer.epsilon)
@@ -257,12 +265,12 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
                               repeats))
   zq = vq.lookup(vq.nearest_code(z, q.codebook), q.codebook)
   h = add(f"decoder Conv_0 3x3 {code_dim}->{nh}", conv3, dec["Conv_0"], zq)
-  h = add("decoder residual stack", stack(), dec["ResidualStack_0"], h)
-  ups = sorted(k for k in dec if k.startswith("UpsampleConvTranspose_"))
+  h = add("decoder residual stack", stack, dec["ResidualStack_0"], h)
+  ups = sorted(k for k in dec if k.startswith("ConvTranspose_"))
   for i, k in enumerate(ups):
     feats = dec[k]["kernel"].shape[-1]
     h = add(f"decoder {k} 4x4/2T {h.shape[-1]}->{feats}",
-            layers.UpsampleConvTranspose(feats, winograd=winograd), dec[k], h)
+            nn.ConvTranspose(feats, (4, 4), strides=(2, 2)), dec[k], h)
     if i < len(ups) - 1:
       h = jax.nn.relu(h)
   return rows
@@ -351,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="global batch (default: the config's).")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field, e.g. "
-                           "--set model.winograd=False (repeatable).")
+                           "--set model.kernels=xla (repeatable).")
   parser.add_argument("--steps", type=int, default=10,
                       help="steps per timed repeat.")
   parser.add_argument("--repeats", type=int, default=5,
@@ -366,9 +374,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
 
   # pylint: disable-next=g-import-not-at-top
-  from vqjax import host_memory, parallel
-  # As the training scripts do, before JAX starts its CPU client.
-  tuned_malloc = host_memory.reuse_freed_memory()
+  from vqjax import xla_cpu
   config = load_config(args.config or DEFAULT_CONFIGS[args.stage])
   if args.batch_size:
     config.train.batch_size = args.batch_size
@@ -381,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in node:
       parser.error(f"--set {override}: the config has no field {key!r}")
     node[name] = ast.literal_eval(value)
-  parallel.use_cpu_cores_as_devices(args.cpu_devices,
-                                    (config.train.batch_size,))
+  # As the training scripts do, before JAX starts (CPU backend only).
+  cpu = xla_cpu.configure(args.cpu_devices, (config.train.batch_size,))
   bench = STAGES[args.stage](args, config)
   matmul_before = matmul_flops_per_s()
   row = measure(bench, args.steps, args.repeats)
@@ -393,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
   row["hfu"] = row["executed_gflop_per_s"] * 1e9 / matmul
   row["load_average"] = _load()
   row["jax"] = jax.__version__
-  row["malloc"] = "reuse_freed_memory" if tuned_malloc else "default"
+  row["malloc"] = "reuse_freed_memory" if cpu["malloc"] else "default"
+  if hasattr(bench.task, "kernels"):
+    row["kernels"] = bench.task.kernels
   row["platform"] = jax.devices()[0].platform
   result = {"train_step": row}
   if args.breakdown and bench.breakdown is not None:
@@ -402,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.json:
     print(json.dumps(result, indent=2))
     return 0
-  print(f"jax {row['jax']} on {row['devices']} {row['platform']} device(s); "
+  print(f"jax {row['jax']} on {row['devices']} {row['platform']} device(s), "
+        f"kernels {row.get('kernels', '-')}; "
         f"load average {row['load_average']}; malloc {row['malloc']}; "
         "step times (ms): "
         + ", ".join(f"{t:.1f}" for t in row["step_ms_all"]))

@@ -1,11 +1,13 @@
 """Orbax round trips and exact resumption of an interrupted run."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import load_config
-from vqjax import checkpoint
+from vqjax import checkpoint, kernels, runs
+from vqjax.models import to_float
 from vqjax.train import vqvae
 
 
@@ -45,8 +47,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_dir):
   assert checkpoint.Checkpointer(resumed).latest_step() == 3
   vqvae.train_and_evaluate(config, resumed)
 
-  a = vqvae.restore_vqvae(straight)
-  b = vqvae.restore_vqvae(resumed)
+  a = runs.restore_vqvae(straight)
+  b = runs.restore_vqvae(resumed)
   assert a.step == b.step == 6
   _assert_trees_equal(a.variables, b.variables, rtol=1e-6, atol=1e-7)
 
@@ -63,4 +65,36 @@ def test_resuming_with_another_architecture_is_a_clear_error(tmp_path, mnist_dir
 
 def test_restore_from_a_folder_that_is_not_a_run(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="not a vqjax run"):
-    vqvae.restore_vqvae(str(tmp_path))
+    runs.restore_vqvae(str(tmp_path))
+
+
+@pytest.mark.parametrize("first,second", [("xla_cpu", "xla"), ("xla", "xla_cpu")])
+def test_run_resumes_with_other_kernels_and_same_loss(tmp_path, mnist_dir,
+                                                      first, second):
+  """The kernel choice is not architecture: a run trained with one resumes
+  with the other, and both compute the same loss on a batch."""
+  config = load_config("mnist_vqvae", "tiny")
+  config.train.num_steps = 3
+  config.model.kernels = first
+  vqvae.train_and_evaluate(config, str(tmp_path))
+  config.train.num_steps = 6
+  config.model.kernels = second
+  vqvae.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 6
+
+  run = runs.restore_vqvae(str(tmp_path))
+  x = to_float(np.asarray(task_images(config)[:8]))
+
+  def loss(variables, kernels_name):
+    with kernels.scope(kernels_name):
+      out = run.model.apply(variables, x)
+    return jnp.mean(jnp.square(out["reconstruction"] - x)) + out["loss"]
+
+  losses = [float(jax.jit(loss, static_argnums=1)(run.variables, k))
+            for k in ("xla", "xla_cpu")]
+  assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def task_images(config):
+  from vqjax import data  # pylint: disable=g-import-not-at-top
+  return data.load(config.data, "test").images

@@ -84,23 +84,23 @@ def test_two_device_step_equals_one_device_step(mnist_dir):
 
 CPU_DEVICES_SCRIPT = textwrap.dedent("""
     import os, sys
-    from vqjax import host_memory, parallel
+    from vqjax.xla_cpu import process
     case = sys.argv[1]
     if case == "requested":
-      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 3
+      assert process.use_cpu_cores_as_devices(3, (128,)) == 3
     elif case == "divides_batch":
-      assert parallel.use_cpu_cores_as_devices(0, (1,)) == 1
+      assert process.use_cpu_cores_as_devices(0, (1,)) == 1
     elif case == "per_core":
       cores = len(os.sched_getaffinity(0))
-      assert parallel.use_cpu_cores_as_devices(0, ()) == cores
+      assert process.use_cpu_cores_as_devices(0, ()) == cores
     elif case == "user_setting_wins":
-      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 0
+      assert process.use_cpu_cores_as_devices(3, (128,)) == 0
     elif case == "after_start":
       import jax
       jax.devices()
-      assert parallel.use_cpu_cores_as_devices(3, (128,)) == 0
+      assert process.use_cpu_cores_as_devices(3, (128,)) == 0
     import jax
-    print(jax.local_device_count(), host_memory.reuse_freed_memory(),
+    print(jax.local_device_count(), process.reuse_freed_memory(),
           os.environ.get("XLA_FLAGS", "").replace(" ", ","))
 """)
 

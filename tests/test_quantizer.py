@@ -164,3 +164,23 @@ def test_functional_api_imports_without_flax():
   result = run_python(["-c", "import sys, vqjax; vqjax.nearest_code; "
                        "print('flax' in sys.modules)"])
   assert result.stdout.strip() == "False", result.stderr
+
+
+def test_code_sums_match_one_hot_formulation():
+  rng = np.random.default_rng(1)
+  num_codes = 6
+  indices = rng.integers(-2, num_codes + 2, size=(5, 4))  # some out of range
+  weights = rng.uniform(size=(5, 4)).astype(np.float32)
+  one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes)
+  np.testing.assert_allclose(
+      vq.code_counts(indices, num_codes, weights=weights),
+      (one_hot * weights.reshape(-1, 1)).sum(0), rtol=1e-6)
+  np.testing.assert_allclose(vq.code_counts(indices, num_codes),
+                             one_hot.sum(0), rtol=1e-6)
+  z = rng.normal(size=(5, 4, 3)).astype(np.float32)
+  state = vq.ema_init(rng.normal(size=(num_codes, 3)).astype(np.float32))
+  new = vq.ema_update(state, z, indices, decay=0.9)
+  sums = one_hot.T @ z.reshape(-1, 3)
+  np.testing.assert_allclose(new.embed_sum, 0.1 * sums, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.cluster_size, 0.1 * one_hot.sum(0),
+                             rtol=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, run_python
-from vqjax import checkpoint
+from vqjax import checkpoint, runs as runs_lib
 from vqjax.train import prior as prior_lib
 from vqjax.train import vqvae as vqvae_lib
 
@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
 
 
 def test_prior_checkpoint_records_and_restores_its_vqvae(runs):
-  restored = prior_lib.restore_prior(runs["prior"])
+  restored = runs_lib.restore_prior(runs["prior"])
   assert restored.vqvae.workdir == os.path.abspath(runs["vqvae"])
   assert restored.vqvae.step == 3
   meta, _ = checkpoint.Checkpointer(runs["prior"]).restore_meta()
@@ -62,11 +62,11 @@ def test_prior_reports_nll_against_uniform_baseline(runs):
 
 def test_prior_pointed_at_another_vqvae_is_a_clear_error(runs):
   with pytest.raises(checkpoint.CheckpointError, match=r"K=32 .* K=16"):
-    prior_lib.restore_prior(runs["prior"], vqvae_workdir=runs["other"])
+    runs_lib.restore_prior(runs["prior"], vqvae_workdir=runs["other"])
   resumed = load_config("mnist_prior", "tiny")
   resumed.vqvae_workdir = runs["other"]
   with pytest.raises(checkpoint.CheckpointError, match="K=16"):
-    prior_lib.PriorTask(resumed, runs["prior"])
+    prior_lib.train_and_evaluate(resumed, runs["prior"])
   assert checkpoint.Checkpointer(runs["prior"]).latest_step() == 4  # kept
 
 

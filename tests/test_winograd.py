@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vqjax.models import layers, winograd
-from vqjax.models.vqvae import VQVAE
+from vqjax import xla_cpu
+from vqjax.xla_cpu import convolutions, winograd
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -93,61 +93,50 @@ def test_conv_is_jittable_and_rejects_what_it_does_not_support():
     winograd.conv(x, jnp.ones((3, 3, 4, 2)), ((-1, 1), (1, 1)))
 
 
+def _value_and_grads(module, params, x, cotangent, winograd=None):
+  """`module.apply(params, x)` and the gradients of `<output, cotangent>`,
+  computed by Flax (`winograd=None`) or by the CPU kernels."""
+  def apply(params, x):
+    if winograd is None:
+      return module.apply(params, x)
+    with xla_cpu.kernels(winograd=winograd):
+      return module.apply(params, x)
+
+  loss = lambda p, x: jnp.vdot(apply(p, x), cotangent)
+  return jax.jit(lambda p, x: (apply(p, x), jax.grad(loss, (0, 1))(p, x)))(
+      params, x)
+
+
 @pytest.mark.parametrize("kernel_size,strides", [((3, 3), (1, 1)),
                                                  ((4, 4), (2, 2))])
 def test_conv_layer_with_and_without_winograd(kernel_size, strides):
-  """`layers.Conv` takes the Winograd path for deep enough inputs; the
-  result and the parameter and input gradients match the direct path."""
+  """`nn.Conv` on deep enough inputs, by the CPU kernels with Winograd and
+  with the direct formulations, against Flax: results and the parameter and
+  input gradients."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 14, 32))
-  fast = layers.Conv(24, kernel_size, strides=strides, padding="SAME")
-  direct = layers.Conv(24, kernel_size, strides=strides, padding="SAME",
-                       winograd=False)
-  reference = nn.Conv(24, kernel_size, strides=strides, padding="SAME")
-  params = fast.init(jax.random.PRNGKey(1), x)
-  assert (jax.tree.map(jnp.shape, params) ==
-          jax.tree.map(jnp.shape, reference.init(jax.random.PRNGKey(1), x)))
-
-  def value_and_grads(module):
-    loss = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-    return module.apply(params, x), jax.grad(loss, (0, 1))(params, x)
-
-  y_fast, g_fast = value_and_grads(fast)
-  for other in (direct, reference):
-    y, g = value_and_grads(other)
+  module = nn.Conv(24, kernel_size, strides=strides, padding="SAME")
+  params = module.init(jax.random.PRNGKey(1), x)
+  out_shape = jax.eval_shape(module.apply, params, x).shape
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), out_shape)
+  y_fast, g_fast = _value_and_grads(module, params, x, cotangent, True)
+  for winograd in (False, None):
+    y, g = _value_and_grads(module, params, x, cotangent, winograd)
     _close(y_fast, y)
     jax.tree.map(_close, g_fast, g)
 
 
-def test_vqvae_reconstruction_same_with_and_without_winograd():
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1)) - 0.5
-  kwargs = dict(num_hiddens=32, num_residual_hiddens=8, num_codes=16,
-                code_dim=8)
-  model = VQVAE(**kwargs)
-  variables = model.init(jax.random.PRNGKey(1), x)
-  out = model.apply(variables, x)
-  out_direct = VQVAE(**kwargs, winograd=False).apply(variables, x)
-  np.testing.assert_array_equal(out["indices"], out_direct["indices"])
-  _close(out["reconstruction"], out_direct["reconstruction"])
-
-
 @pytest.mark.parametrize("shape", [(2, 7, 7, 32), (1, 4, 6, 20)])
 def test_transposed_conv_by_winograd_equals_flax(shape):
-  """`UpsampleConvTranspose` (Winograd for >= 16 output channels) against
-  `nn.ConvTranspose`: output and gradients, with a random cotangent."""
+  """`nn.ConvTranspose` by the CPU kernels (Winograd for >= 16 output
+  channels) against Flax: output and gradients, with a random cotangent."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  fast = layers.UpsampleConvTranspose(24)
-  reference = nn.ConvTranspose(24, (4, 4), strides=(2, 2), padding="SAME")
-  params = reference.init(jax.random.PRNGKey(1), x)
+  module = nn.ConvTranspose(24, (4, 4), strides=(2, 2), padding="SAME")
+  params = module.init(jax.random.PRNGKey(1), x)
   cotangent = jax.random.normal(jax.random.PRNGKey(2),
                                 (shape[0], 2 * shape[1], 2 * shape[2], 24))
-
-  def value_and_grads(module):
-    loss = lambda p, x: jnp.vdot(module.apply(p, x), cotangent)
-    return module.apply(params, x), jax.grad(loss, (0, 1))(params, x)
-
-  y_fast, g_fast = value_and_grads(fast)
-  y_ref, g_ref = value_and_grads(reference)
+  y_fast, g_fast = _value_and_grads(module, params, x, cotangent, True)
+  y_ref, g_ref = _value_and_grads(module, params, x, cotangent)
   _close(y_fast, y_ref)
   jax.tree.map(_close, g_fast, g_ref)
-  direct = layers.conv_transpose_4x4_stride2(x, params["params"]["kernel"])
+  direct = convolutions.conv_transpose_4x4_stride2(x, params["params"]["kernel"])
   _close(y_fast - params["params"]["bias"], direct)

@@ -49,12 +49,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# Keys of the architecture groups that say how a model is computed, not what
+# it is: a run may resume with another value.
+NOT_ARCHITECTURE = frozenset({"model.kernels"})
+
+
 def check_same_architecture(saved: dict, current: dict, workdir: str,
                             groups: tuple[str, ...]) -> None:
-  """Raises if a resumed run's config changes any key of `groups`."""
+  """Raises if a resumed run's config changes any key of `groups` (other
+  than those in `NOT_ARCHITECTURE`)."""
   for group in groups:
     old, new = saved.get(group, {}), current.get(group, {})
     for key in sorted(set(old) | set(new)):
+      if f"{group}.{key}" in NOT_ARCHITECTURE:
+        continue
       if old.get(key) != new.get(key):
         raise CheckpointError(
             f"{workdir!r} holds a run trained with {group}.{key}="
@@ -99,6 +107,19 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta, step
+
+  def restore_variables(self, step: int | None = None) -> tuple[dict, dict, int]:
+    """`(variables, meta, step)` of a saved TrainState, without its optimizer
+    state: `variables = {"params": ..., **model_state}` for `module.apply`.
+    Needs no target, so inference restores no optimizer."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint found under {self.directory}.")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    state = restored.state
+    return ({"params": state["params"], **(state.get("model_state") or {})},
+            restored.meta, step)
 
   def restore_meta(self, step: int | None = None) -> tuple[dict, int]:
     step = self.latest_step() if step is None else step

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from vqjax import host_memory, parallel
+from vqjax import xla_cpu
 from vqjax.checkpoint import CheckpointError
 from vqjax.configs import ConfigError
 from vqjax.data import DataError
@@ -68,8 +68,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(2)
 
 
-def run(main: Callable[[], None]) -> None:
-  """`app.run` with user errors printed as one line and exit status 2."""
+def run(main: Callable[[], None],
+        cpu_devices: Callable[[], tuple[int | None, tuple[int, ...]]]
+        = lambda: (None, ())) -> None:
+  """`app.run` with user errors printed as one line and exit status 2.
+
+  Before JAX starts, and only if the CPU will be the backend, makes the CPU
+  process settings of `vqjax.xla_cpu.configure` with the `(devices,
+  batch_sizes)` that `cpu_devices()` returns once the flags are parsed
+  (default: one CPU device).
+  """
 
   def _main(argv):
     if len(argv) > 1:
@@ -77,6 +85,9 @@ def run(main: Callable[[], None]) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
     try:
+      done = xla_cpu.configure(*cpu_devices())
+      if done["devices"]:
+        logging.info("CPU backend: %d data-parallel device(s).", done["devices"])
       init_distributed()
       main()
     except USER_ERRORS as e:
@@ -84,7 +95,6 @@ def run(main: Callable[[], None]) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client.
   app.run(_main, flags_parser=parse_flags)
 
 
@@ -102,11 +112,7 @@ def train_main(train_and_evaluate: Callable[..., object]) -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main():
-    config = flags.FLAGS.config
-    count = parallel.use_cpu_cores_as_devices(flags.FLAGS.cpu_devices,
-                                              (config.train.batch_size,))
-    if count:
-      logging.info("CPU backend: %d data-parallel device(s).", count)
-    train_and_evaluate(config, flags.FLAGS.workdir)
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
-  run(main)
+  run(main, lambda: (flags.FLAGS.cpu_devices,
+                     (flags.FLAGS.config.train.batch_size,)))

@@ -39,7 +39,7 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.model.num_residual_hiddens = 32
   config.model.num_residual_layers = 2
   config.model.num_downsamples = 2  # 28x28 -> 7x7 codes
-  config.model.winograd = True      # 3x3 convs by Winograd F(4x4, 3x3): same function, ~1e-5 rounding
+  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
 
   config.quantizer = ml_collections.ConfigDict()
   config.quantizer.num_codes = 512  # K

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax import data, images, quantizer, sampling
-from vqjax.train.prior import TrainedPrior, to_images
+from vqjax.runs import TrainedPrior, samples_to_images
 
 
 def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
@@ -24,11 +24,11 @@ def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
   if prior.num_classes and labels is None:
     labels = np.arange(num) % prior.num_classes
   samples = sampling.sample(
-      prior.model, prior.variables, key, (num,) + prior.grid_shape,
+      prior.model, prior.variables, key, (num,) + prior.sample_shape,
       temperature, labels=None if labels is None else jnp.asarray(labels, jnp.int32),
       method=method)
   samples = np.asarray(samples)
-  return to_images(samples, prior.vqvae), samples
+  return samples_to_images(samples, prior.vqvae), samples
 
 
 def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
@@ -40,7 +40,7 @@ def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
 
 def random_codes(prior: TrainedPrior, key: jax.Array, num: int):
   """Uniformly random codes, decoded: what the VQ-VAE makes without a prior."""
-  h, w, _ = prior.grid_shape
+  h, w, _ = prior.sample_shape
   codes = np.asarray(jax.random.randint(key, (num, h, w), 0,
                                         prior.vqvae.num_codes), np.int32)
   return np.asarray(prior.vqvae.decode(codes)), codes

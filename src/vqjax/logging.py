@@ -46,9 +46,3 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  """All records of `workdir/metrics.jsonl`."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]

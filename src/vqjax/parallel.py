@@ -8,7 +8,6 @@ local devices and moves batches onto them. Swapping `jax.pmap` for
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -29,63 +28,6 @@ def data_parallel(step: Callable, donate_state: bool = True, **pmap_kwargs) -> C
   """
   donate = (0,) if donate_state else ()
   return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, **pmap_kwargs)
-
-
-_ONE_THREAD_PER_DEVICE = "--xla_cpu_multi_thread_eigen=false"
-
-
-def use_cpu_cores_as_devices(requested: int = 0,
-                             batch_sizes: Iterable[int] = ()) -> int:
-  """Makes the CPU backend one JAX device per core; returns the device count.
-
-  Data parallelism across cores (each device runs its share of the batch,
-  gradients `pmean`'d) keeps both cores busy through the many small ops of a
-  VQ-VAE step that one device's intra-op threads leave half idle: 634 against
-  524 images/s for the MNIST VQ-VAE on 2 cores
-  (`benchmarks/train_throughput.py --cpu-devices 2` vs `--cpu-devices 1`).
-  The step computes the same function (`tests/test_multidevice.py`).
-
-  With more than one device, each device's ops also run on its own thread
-  (`--xla_cpu_multi_thread_eigen=false` is added to `XLA_FLAGS` unless that
-  already names it): otherwise one device's op waits for a share of a thread
-  pool that the other device keeps busy, and the devices drift apart before
-  every all-reduce. (Measured on the MNIST VQ-VAE step: no difference on a
-  quiet machine; 139 against 156 ms per step, medians of three paired runs,
-  while other tenants loaded it.)
-
-  Must run before JAX creates its CPU client. Only the CPU backend is
-  affected (on a GPU or TPU host the accelerators stay the devices). Leaves
-  the count alone (returning 0) if `--xla_force_host_platform_device_count`
-  or `JAX_NUM_CPU_DEVICES` already sets it, or if the backends are already up.
-
-  Args:
-    requested: devices wanted; 0 means one per CPU core available to the
-      process, reduced to the largest count that divides every batch size.
-    batch_sizes: global batch sizes the devices must divide (used when
-      `requested` is 0).
-  """
-  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or "JAX_NUM_CPU_DEVICES" in os.environ):
-    return 0
-  count = requested
-  if count <= 0:
-    count = len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity") else (os.cpu_count() or 1)
-    while count > 1 and any(size % count for size in batch_sizes):
-      count -= 1
-  try:
-    jax.config.update("jax_num_cpu_devices", count)
-  except RuntimeError:  # JAX refuses once its backends are up.
-    return 0
-  flags = os.environ.get("XLA_FLAGS", "")
-  if count > 1 and "xla_cpu_multi_thread_eigen" not in flags:
-    # Read by XLA when the CPU client starts, which has not happened yet.
-    os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_PER_DEVICE}".strip()
-  return count
-
-
-def local_device_count() -> int:
-  return jax.local_device_count()
 
 
 def check_divisible(global_batch_size: int) -> int:
@@ -139,13 +81,7 @@ def prefetch_to_devices(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
   return jax_utils.prefetch_to_device(map(shard, batches), size)
 
 
-def metrics_to_host(metrics: Any) -> dict[str, float]:
-  """Device 0's copy of (already pmean'd) metrics as Python floats."""
-  return {k: float(v) for k, v in unreplicate(metrics).items()}
-
-
 __all__ = [
-    "AXIS", "data_parallel", "use_cpu_cores_as_devices", "local_device_count",
-    "check_divisible", "replicate", "unreplicate", "shard", "prefetch_to_devices",
-    "metrics_to_host",
+    "AXIS", "data_parallel", "check_divisible", "replicate", "unreplicate",
+    "shard", "prefetch_to_devices",
 ]

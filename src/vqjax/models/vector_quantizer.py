@@ -58,6 +58,14 @@ class VectorQuantizer(nn.Module):
       return self._ema["codebook"].value
     return self._codebook
 
+  def nearest_code(self, z_e: jax.Array, codebook: jax.Array) -> jax.Array:
+    """`vqjax.quantizer.nearest_code`: `[..., D], [K, D] -> [...]` int32.
+
+    A method of its own so that a backend's kernels (`vqjax.xla_cpu`) can
+    compute the same search their way.
+    """
+    return vq.nearest_code(z_e, codebook)
+
   def ema_state(self) -> vq.EMAState:
     return vq.EMAState(**{k: v.value for k, v in self._ema.items()})
 
@@ -79,7 +87,7 @@ class VectorQuantizer(nn.Module):
     (local code usage) and, when codes were restarted, `restarted` (how many).
     """
     codebook = self.codebook()
-    indices = vq.nearest_code(z_e, codebook)
+    indices = self.nearest_code(z_e, codebook)
     z_q = vq.lookup(indices, codebook)
     out = {
         "quantized": vq.straight_through(z_e, z_q),

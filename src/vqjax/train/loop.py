@@ -50,6 +50,9 @@ class Task(Protocol):
   def checkpoint_meta(self) -> dict:
     """Extra JSON metadata saved with every checkpoint."""
 
+  def check_resume(self, meta: dict) -> None:
+    """Raises if the run saved with `meta` cannot be resumed by this task."""
+
   def write_images(self, state: TrainState, batches: dict[str, dict],
                    step: int, workdir: str) -> list[str]: ...
 
@@ -67,20 +70,24 @@ def evaluate(task: Task, p_eval_step, state, batch_size: int) -> dict[str, float
   return task.summarize_eval(_sum_trees(sums))
 
 
-def restore_or_create(task: Task, workdir: str, config, rng: jax.Array,
-                      example_batch: dict) -> tuple[TrainState, int, checkpoint.Checkpointer]:
-  """The latest checkpoint in `workdir`, else a fresh state (step 0)."""
-  state = task.create_train_state(rng, example_batch)
+def open_run(task: Task, workdir: str) -> tuple[checkpoint.Checkpointer, int]:
+  """The run's Checkpointer and the step to start from (0 for a new run).
+
+  A run that exists must be resumable by `task` with its config (same
+  architecture; `task.check_resume`), checked before any data is touched.
+  """
+  config = task.config
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.max_to_keep)
-  if ckpt.latest_step() is not None:
-    saved = checkpoint.read_config(workdir).to_dict()
-    checkpoint.check_same_architecture(
-        saved, config.to_dict(), workdir,
-        groups=tuple(g for g in ("data", "model", "quantizer") if g in config))
-    state, _, step = ckpt.restore(state)
-    logging.info("Resuming from %s at step %d.", ckpt.directory, step)
-    return state, int(step), ckpt
-  return state, 0, ckpt
+  step = ckpt.latest_step()
+  if step is None:
+    return ckpt, 0
+  saved = checkpoint.read_config(workdir).to_dict()
+  checkpoint.check_same_architecture(
+      saved, config.to_dict(), workdir,
+      groups=tuple(g for g in ("data", "model", "quantizer") if g in config))
+  meta, _ = ckpt.restore_meta(step)
+  task.check_resume(meta)
+  return ckpt, int(step)
 
 
 def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
@@ -92,11 +99,14 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   is_main = jax.process_index() == 0
   parallel.check_divisible(config.train.batch_size)
 
-  rng = jax.random.PRNGKey(config.seed)
+  ckpt, start_step = open_run(task, workdir)
   example = next(data.train_batches(task.train_data, config.train.batch_size,
                                     config.seed))
-  state, start_step, ckpt = restore_or_create(
-      task, workdir, config, rng, {k: v[:1] for k, v in example.items()})
+  state = task.create_train_state(jax.random.PRNGKey(config.seed),
+                                  {k: v[:1] for k, v in example.items()})
+  if start_step:
+    state, _, _ = ckpt.restore(state, start_step)
+    logging.info("Resuming from %s at step %d.", ckpt.directory, start_step)
   if is_main and start_step == 0:
     checkpoint.write_config(workdir, config)
 
@@ -107,7 +117,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
 
   batches = parallel.prefetch_to_devices(data.train_batches(
       task.train_data, config.train.batch_size, config.seed, start_step))
-  if start_step == 0 and getattr(task, "has_initialize", False):
+  if start_step == 0 and task.has_initialize:
     first = parallel.shard(next(data.train_batches(
         task.train_data, config.train.batch_size, config.seed)))
     state = parallel.data_parallel(task.initialize)(state, first)
@@ -127,7 +137,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
 
   progress = tqdm(range(start_step, num_steps), initial=start_step,
                   total=num_steps, disable=not is_main or not
-                  config.get("progress_bar", True), desc=os.path.basename(
+                  config.progress_bar, desc=os.path.basename(
                       os.path.normpath(workdir)), dynamic_ncols=True)
   for step in progress:
     state, metrics = p_train_step(state, next(batches))

@@ -27,16 +27,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """
   train = config.train
   lr: Any = train.learning_rate
-  if train.get("cosine_decay", False) or train.get("warmup_steps", 0):
+  if train.cosine_decay or train.warmup_steps:
     lr = optax.warmup_cosine_decay_schedule(
-        0.0, train.learning_rate, max(train.get("warmup_steps", 0), 1),
-        train.num_steps,
-        end_value=train.learning_rate if not train.get("cosine_decay", False)
-        else 0.0)
+        0.0, train.learning_rate, max(train.warmup_steps, 1), train.num_steps,
+        end_value=0.0 if train.cosine_decay else train.learning_rate)
   chain = []
-  if train.get("grad_clip_norm", 0):
+  if train.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(train.grad_clip_norm))
-  if train.get("weight_decay", 0):
+  if train.weight_decay:
     chain.append(optax.adamw(lr, weight_decay=train.weight_decay))
   else:
     chain.append(optax.adam(lr))

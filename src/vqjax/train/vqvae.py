@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -12,26 +11,14 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from vqjax import checkpoint, data, images, quantizer
+from vqjax import data, images, kernels, quantizer
 from vqjax.configs import ConfigError
+from vqjax.models import build
 from vqjax.models.vector_quantizer import EMA_COLLECTION, RESTART_RNG
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
 from vqjax.train import loop
 from vqjax.train.state import TrainState, make_optimizer
-
-_QUANTIZER_INIT_KEYS = ("kmeans_init", "kmeans_iters")
-
-
-def make_model(config: ml_collections.ConfigDict, out_channels: int,
-               axis_name: str | None = None, **overrides) -> VQVAE:
-  """The VQVAE module described by `config.model` and `config.quantizer`,
-  with any `overrides` of its fields."""
-  q = {k: v for k, v in config.quantizer.items() if k not in _QUANTIZER_INIT_KEYS}
-  fields = {**config.model, **q, "out_channels": out_channels,
-            "axis_name": axis_name, **overrides}
-  return VQVAE(**fields)
-
 
 def split_variables(variables) -> tuple[dict, dict]:
   variables = dict(variables)
@@ -53,15 +40,24 @@ class VQVAETask:
     self.test_data = data.load(config.data, "test")
     self.data_variance = float(data.data_variance(self.train_data))
     channels = self.train_data.shape[-1]
-    self.model = make_model(config, channels, axis_name=AXIS)
-    self.host_model = make_model(config, channels)
-    self.has_initialize = bool(config.quantizer.get("kmeans_init", False))
+    self.model = build.vqvae(config, channels, axis_name=AXIS)
+    self.host_model = build.vqvae(config, channels)
+    self.kernels = kernels.resolve(config.model.kernels)
+    self.has_initialize = config.quantizer.kmeans_init
     self._rng, self._kmeans_rng = jax.random.split(
         jax.random.PRNGKey(config.seed), 2)
 
   def checkpoint_meta(self) -> dict:
     return {"image_shape": list(self.train_data.shape),
             "data_variance": self.data_variance}
+
+  def check_resume(self, meta: dict) -> None:
+    del meta  # A VQ-VAE run depends on no other run.
+
+  def _apply(self, model: VQVAE, *args, inference: bool = False, **kwargs):
+    """`model.apply`, computed by the kernels `config.model.kernels` picks."""
+    with kernels.scope(self.kernels, inference=inference):
+      return model.apply(*args, **kwargs)
 
   def create_train_state(self, rng, batch) -> TrainState:
     variables = self.host_model.init({"params": rng},
@@ -85,8 +81,8 @@ class VQVAETask:
     mutable = list(state.model_state)
 
     def loss_fn(params):
-      out, new_model_state = self.model.apply(
-          {"params": params, **state.model_state}, x, train=True,
+      out, new_model_state = self._apply(
+          self.model, {"params": params, **state.model_state}, x, train=True,
           mutable=mutable, rngs={RESTART_RNG: rng})
       losses = self._losses(out, x)
       return losses["loss"], (losses, out, new_model_state)
@@ -108,7 +104,7 @@ class VQVAETask:
     """Sums over the global batch (padding masked out)."""
     x = to_float(batch["image"])
     mask = batch["mask"]
-    out = self.model.apply(state.variables(), x, train=False)
+    out = self._apply(self.model, state.variables(), x, train=False)
     per_image = jnp.sum(jnp.square(out["reconstruction"] - x), axis=(1, 2, 3))
     code_mask = jnp.broadcast_to(mask[:, None, None], out["indices"].shape)
     sums = {
@@ -137,8 +133,8 @@ class VQVAETask:
   def initialize(self, state: TrainState, batch: dict) -> TrainState:
     """k-means codebook from the first global batch (identical on devices)."""
     cfg = self.config.quantizer
-    z_e = self.model.apply(state.variables(), to_float(batch["image"]),
-                           method=VQVAE.encode)
+    z_e = self._apply(self.model, state.variables(), to_float(batch["image"]),
+                      method=VQVAE.encode)
     centres = quantizer.kmeans(z_e, cfg.num_codes, self._kmeans_rng,
                                cfg.kmeans_iters, axis_name=AXIS)
     if cfg.use_ema:
@@ -152,8 +148,9 @@ class VQVAETask:
 
   @functools.cached_property
   def _reconstruct(self):
-    return jax.jit(lambda variables, x: self.host_model.apply(
-        variables, to_float(x))["reconstruction"])
+    return jax.jit(lambda variables, x: self._apply(
+        self.host_model, variables, to_float(x),
+        inference=True)["reconstruction"])
 
   def write_images(self, state: TrainState, batches: dict, step: int,
                    workdir: str) -> list[str]:
@@ -173,68 +170,3 @@ class VQVAETask:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage 1: trains a VQ-VAE in `workdir`; returns the final test metrics."""
   return loop.train_and_evaluate(VQVAETask(config), workdir)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedVQVAE:
-  """A restored stage-1 run, ready to encode and decode on one device."""
-  workdir: str
-  step: int
-  config: ml_collections.ConfigDict
-  model: VQVAE
-  variables: dict
-  image_shape: tuple[int, int, int]
-
-  @property
-  def grid_shape(self) -> tuple[int, int]:
-    h, w, _ = self.image_shape
-    factor = 2 ** self.config.model.num_downsamples
-    return h // factor, w // factor
-
-  @property
-  def num_codes(self) -> int:
-    return self.config.quantizer.num_codes
-
-  @functools.cached_property
-  def encode(self):
-    """uint8 `[B, H, W, C]` -> codes `[B, h, w]` int32 (jitted)."""
-    fn = jax.jit(lambda v, x: self.model.apply(
-        v, to_float(x), method=VQVAE.encode_to_indices))
-    return lambda x: fn(self.variables, x)
-
-  @functools.cached_property
-  def decode(self):
-    """codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (jitted)."""
-    fn = jax.jit(lambda v, i: to_uint8(self.model.apply(
-        v, i, method=VQVAE.decode_indices)))
-    return lambda i: fn(self.variables, i)
-
-  def codebook(self) -> np.ndarray:
-    return np.asarray(self.model.apply(self.variables, method=VQVAE.codebook))
-
-
-def restore_vqvae(workdir: str, step: int | None = None) -> TrainedVQVAE:
-  """Loads a stage-1 run (latest checkpoint unless `step`) from its folder."""
-  config = checkpoint.read_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, create=False)
-  meta, step = ckpt.restore_meta(step)
-  if "image_shape" not in meta:
-    raise checkpoint.CheckpointError(
-        f"{workdir!r} is not a VQ-VAE run (its checkpoint has no image_shape); "
-        "point --config.vqvae_workdir at a train_vqvae.py workdir.")
-  image_shape = tuple(meta["image_shape"])
-  # A trained model's encoding and decoding is one-off work, where the direct
-  # convolutions' faster compilation and smaller temporaries matter more than
-  # Winograd's steady-state speed (sample.py: 19 s and 0.76 GB peak memory
-  # against 32 s and 1.18 GB). Same function either way.
-  model = make_model(config, image_shape[-1], winograd=False)
-  variables = model.init({"params": jax.random.PRNGKey(0)},
-                         jnp.zeros((1,) + image_shape, jnp.float32))
-  params, model_state = split_variables(variables)
-  target = TrainState.create(apply_fn=model.apply, params=params,
-                             tx=make_optimizer(config), model_state=model_state)
-  state, _, step = ckpt.restore(target, step)
-  ckpt.close()
-  return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
-                      config=config, model=model, variables=state.variables(),
-                      image_shape=image_shape)

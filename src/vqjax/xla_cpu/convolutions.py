@@ -1,24 +1,19 @@
-"""Layers shared by the vqjax models, written for fast XLA:CPU training.
+"""Convolutions written for XLA:CPU: the functions of `lax.conv_general_dilated`
+and of a 4x4 stride-2 'SAME' transposed convolution, in forms XLA:CPU runs fast.
 
-`Conv` and `UpsampleConvTranspose` compute exactly what `nn.Conv` and
-`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")` compute,
-with the same parameters (names, shapes, initialisers), but every heavy part of
-their forward and backward passes is a stride-1 convolution with at most 'SAME'
-padding or a plain `[M, K] @ [K, N]` matmul: the forms XLA:CPU hands to its
-fast (YNNPACK) kernels. What the plain formulations hit instead, on XLA:CPU
-(jax 0.10, 2 cores, batch 128, the MNIST VQ-VAE):
+Every heavy part of their forward and backward passes is a stride-1
+convolution with at most 'SAME' padding or a plain `[M, K] @ [K, N]` matmul:
+the forms XLA:CPU hands to its fast (YNNPACK) kernels. What the plain
+formulations hit instead, on XLA:CPU:
 
 * the kernel gradient of a padded convolution is rewritten by XLA into a
-  convolution with a reversed window, which only a generic loop takes: 2.3 s
-  for the decoder's first transposed convolution, against ~35 ms here;
+  convolution with a reversed window, which only a generic loop takes;
 * the input gradient of a strided convolution convolves an input dilated with
   zeros (`lhs_dilate`), three quarters of it multiplications by zero, in the
   same generic loop; so does `nn.ConvTranspose`'s forward pass;
 * convolutions padded by more than `(k - 1) // 2` (every input gradient of a
   'VALID' or 'full' convolution) and dots that contract an operand's leading
-  axis (every kernel gradient, `x.T @ dy`) go to slower Eigen kernels;
-* `jnp.argmin`'s (value, index) reduction is a scalar loop (see
-  `vqjax.quantizer`).
+  axis (every kernel gradient, `x.T @ dy`) go to slower Eigen kernels.
 
 Hence: custom VJPs whose backward passes are again fast forward-style
 convolutions or matmuls, with transposed operands materialised
@@ -27,9 +22,12 @@ col2im around one matmul each way. On top of that, where the channels are
 deep enough, the 3x3 convolutions, the 4x4 stride-2 convolution (after
 space-to-depth, a 2x2 one) and the 4x4 stride-2 transposed convolution (one
 2x2 convolution over its four phases) use Winograd's minimal filtering
-algorithm (`vqjax.models.winograd`): the same function with 2-3x fewer
-multiplications; `winograd=False` turns it off. `tests/test_layers.py` and
-`tests/test_winograd.py` check outputs and gradients against the Flax layers.
+algorithm (`vqjax.xla_cpu.winograd`): the same function with 2-3x fewer
+multiplications. `tests/test_xla_cpu.py` and `tests/test_winograd.py` check
+outputs and gradients against Flax's layers; `README.md` has the timings.
+
+Nothing here is a Flax module: `vqjax.xla_cpu.kernels` computes Flax's own
+`nn.Conv` / `nn.ConvTranspose` with these functions, on their own parameters.
 """
 
 from __future__ import annotations
@@ -37,13 +35,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vqjax.models import winograd as winograd_lib
-from vqjax.models.winograd import materialized_transpose
+from vqjax.xla_cpu import winograd as winograd_lib
+from vqjax.xla_cpu.winograd import materialized_transpose
 
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
@@ -155,8 +152,8 @@ def _conv_stride1_bwd(padding, residuals, dy):
     # is a stride-1 convolution of x with "batch" C and "features" B, by the
     # kernel dy ([out_h, out_w, B, O]); with both operands transposed into
     # that layout (two copies, instead of kh * kw shifted windows), XLA's fast
-    # convolution kernel takes it. (Measured on 7x7 inputs: 1.2-1.4x faster
-    # than the per-tap matmuls for 3x3 kernels, 1.25x slower for 2x2 ones.)
+    # convolution kernel takes it (on 7x7 inputs it beats per-tap matmuls for
+    # 3x3 kernels, not for 2x2 ones).
     x_t = lax.optimization_barrier(x.transpose(3, 1, 2, 0))  # [C, H, W, B]
     dy_t = lax.optimization_barrier(dy.transpose(1, 2, 0, 3))  # [oh, ow, B, O]
     dkernel = _xla_conv(x_t, dy_t, padding)  # [C, kh, kw, O]
@@ -197,16 +194,14 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   are zero). So a 4x4 stride-2 convolution is a 2x2 stride-1 convolution on a
   `[B, H/2, W/2, 4C]` input, any padding. The 4x4 stride-2 'SAME' case (the
   VQ-VAE encoder's) goes to `conv_4x4_stride2_same`, im2col and matmuls,
-  measured 1.2x faster (forward + backward) than space-to-depth.
+  which beat space-to-depth there.
 
   Unless `winograd` is False, stride-1 3x3 and 2x2 convolutions (after
   space-to-depth: a 4x4 stride-2 one is a 2x2 one) with more than
   `_IM2COL_MAX_DEPTH` multiply-adds per output and non-negative padding go to
-  `vqjax.models.winograd.conv`: on the VQ-VAE's 7x7 maps F(4x4, 3x3) does
-  3.1x fewer multiply-adds than the direct convolution (measured 2.0-2.3x
-  faster forward + backward, 1.25x for 32 output channels) and F(4x4, 2x2)
-  1.96x fewer (the 4x4 stride-2 64 -> 128 convolution: 1.5x faster than
-  `conv_4x4_stride2_same`).
+  `vqjax.xla_cpu.winograd.conv`: on the VQ-VAE's 7x7 maps F(4x4, 3x3) does
+  3.1x fewer multiply-adds than the direct convolution and F(4x4, 2x2) 1.96x
+  fewer.
 
   Args:
     x: [B, H, W, C].
@@ -259,38 +254,6 @@ def _stride1(x: Array, kernel: Array, padding: Sequence[tuple[int, int]],
   if winograd and _use_winograd(kernel.shape, padding):
     return winograd_lib.conv(x, kernel, padding)
   return _conv_stride1(x, kernel, tuple(padding))
-
-
-class Conv(nn.Module):
-  """Drop-in for `nn.Conv` on NHWC images, trained by faster XLA:CPU kernels.
-
-  Same parameters as `nn.Conv` (`kernel: [kh, kw, C_in, features]`,
-  `bias: [features]`, same initialisers), and as the class is also called
-  `Conv`, auto-named instances get the same names (`Conv_0`, ...), so the
-  param trees are identical. Supports stride 1 and equal strides (see
-  `conv2d`), any padding; no dilation or feature groups. `winograd=False`
-  turns off the Winograd algorithm (3x3 and 4x4 stride-2 kernels; see
-  `conv2d`).
-
-  Input `[B, H, W, C_in]` -> output `[B, out_h, out_w, features]`.
-  """
-  features: int
-  kernel_size: Sequence[int]
-  strides: Sequence[int] = (1, 1)
-  padding: Padding = "SAME"
-  use_bias: bool = True
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  winograd: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features))
-    y = conv2d(x, kernel, tuple(self.strides), self.padding, self.winograd)
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
-    return y
 
 
 def _shift(x: Array, offsets: Sequence[int]) -> Array:
@@ -406,7 +369,7 @@ def _interleave_phases_fwd(windows):
 
 def _interleave_phases_bwd(_, dy):
   # Written out: differentiating the four slices pads each back to the whole
-  # `windows` shape and sums them, ~2 ms more per step here.
+  # `windows` shape and sums them.
   b, h2, w2, c = dy.shape
   phases = dy.reshape(b, h2 // 2, 2, w2 // 2, 2, c)
   return (jnp.stack([jnp.stack([
@@ -498,70 +461,31 @@ def _conv_stride2_bwd(residuals, dy):
 conv_4x4_stride2_same.defvjp(_conv_stride2_fwd, _conv_stride2_bwd)
 
 
-class UpsampleConvTranspose(nn.Module):
-  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`, fast.
+def conv_transpose_4x4_stride2_same(x: Array, kernel: Array,
+                                   winograd: bool = True) -> Array:
+  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`'s
+  function, `lax.conv_transpose(x, kernel, (2, 2), "SAME")`.
 
-  XLA:CPU runs the strided transposed convolution as a convolution over an
-  input dilated with zeros, three quarters of which are multiplications by
-  zero, and slowly at that. Here the same function is one matmul followed by
-  shifted adds (`conv_transpose_4x4_stride2`), or, with `winograd` and enough
-  channels, one Winograd convolution (`conv_transpose_4x4_stride2_winograd`:
-  128 -> 64 channels at 7x7, measured 1.5x faster forward + backward).
-  Parameters have the same names and shapes as `nn.ConvTranspose`
-  (`kernel: [4, 4, C_in, C_out]`, `bias: [C_out]`), so the two are
-  interchangeable (`tests/test_layers.py` and `tests/test_winograd.py` check
-  equality).
+  With `winograd` and enough channels, one Winograd convolution
+  (`conv_transpose_4x4_stride2_winograd`); otherwise one matmul and shifted
+  adds (`conv_transpose_4x4_stride2`).
 
-  Input `[B, H, W, C_in]` -> output `[B, 2H, 2W, features]`.
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [4, 4, C_in, C_out].
+
+  Returns:
+    [B, 2H, 2W, C_out].
   """
-  features: int
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  winograd: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init,
-                        (4, 4, x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,))
-    # With few output channels the transforms cost more than they save
-    # (64 -> 1 at 14x14: 2.4 ms forward + backward against 1.3 ms).
-    if (self.winograd and self.features >= _WINOGRAD_MIN_OUT_CHANNELS and
-        _use_winograd((2, 2, x.shape[-1]), ((1, 1), (1, 1)))):
-      return conv_transpose_4x4_stride2_winograd(x, kernel) + bias
-    return conv_transpose_4x4_stride2(x, kernel) + bias
+  # With few output channels the transforms cost more than they save.
+  if (winograd and kernel.shape[-1] >= _WINOGRAD_MIN_OUT_CHANNELS and
+      _use_winograd((2, 2, x.shape[-1]), ((1, 1), (1, 1)))):
+    return conv_transpose_4x4_stride2_winograd(x, kernel)
+  return conv_transpose_4x4_stride2(x, kernel)
 
 
-class ResidualStack(nn.Module):
-  """Sonnet's VQ-VAE residual stack: `x + conv1x1(relu(conv3x3(relu(x))))`
-  repeated, then a final ReLU. `[B, H, W, C] -> [B, H, W, C]`."""
-  num_hiddens: int
-  num_residual_hiddens: int
-  num_residual_layers: int
-  winograd: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for _ in range(self.num_residual_layers):
-      h = nn.relu(x)
-      h = Conv(self.num_residual_hiddens, (3, 3), padding="SAME",
-               winograd=self.winograd)(h)
-      h = nn.relu(h)
-      h = Conv(self.num_hiddens, (1, 1))(h)
-      x = x + h
-    return nn.relu(x)
-
-
-def conv_stride2(features: int, name: str | None = None,
-                 winograd: bool = True) -> Conv:
-  """The encoder's 4x4 stride-2 'SAME' downsampling convolution: a `Conv`
-  (`nn.Conv`'s parameters; see `conv2d` for how it is computed)."""
-  return Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
-              winograd=winograd)
-
-
-__all__: Sequence[str] = ["Conv", "UpsampleConvTranspose", "ResidualStack",
-                          "conv_stride2", "conv2d", "conv_4x4_stride2_same",
+__all__: Sequence[str] = ["conv2d", "conv_4x4_stride2_same",
                           "conv_transpose_4x4_stride2",
+                          "conv_transpose_4x4_stride2_same",
                           "conv_transpose_4x4_stride2_winograd",
                           "space_to_depth"]

@@ -15,7 +15,7 @@ instead of 49 * 9 = 441: 3.1x fewer.
 The transforms are linear maps with small constant matrices. They are written
 as sums of slices (which XLA fuses into one elementwise loop), each with an
 explicit transpose as its VJP: differentiating the slices directly makes XLA
-pad every slice back to full size before summing, 10-20x slower. The
+pad every slice back to full size before summing, which is slow. The
 backward pass is in the Winograd domain too: transposed transforms around the
 two transposed matmuls.
 

@@ -1,0 +1,172 @@
+"""Finished runs restored for inference: encode, decode, sample.
+
+`restore_vqvae` and `restore_prior` read a run folder (its `config.json` and
+latest Orbax checkpoint, or a given step) and return the model with its
+variables, without optimizer state. Used by `sample.py`, `vqjax.generate`
+and the stage-2 trainer, which need a trained model, not a trainer.
+
+A prior's checkpoint records the stage-1 run it was trained on
+(`link_of`), so `restore_prior` restores that VQ-VAE too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from vqjax import checkpoint, kernels
+from vqjax.models import build
+from vqjax.models.pixelcnn import GatedPixelCNN
+from vqjax.models.vqvae import VQVAE, to_float, to_uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedVQVAE:
+  """A restored stage-1 run, ready to encode and decode on one device.
+
+  `kernels` says how to compute it (`vqjax.kernels`); the default, `auto`,
+  suits the backend this process runs on, whatever the run trained with.
+  """
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict
+  model: VQVAE
+  variables: dict
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  kernels: str = "auto"
+
+  @property
+  def code_shape(self) -> tuple[int, int]:
+    """`(h, w)`, the grid of codes of one image."""
+    h, w, _ = self.image_shape
+    factor = 2 ** self.config.model.num_downsamples
+    return h // factor, w // factor
+
+  @property
+  def num_codes(self) -> int:
+    return self.config.quantizer.num_codes
+
+  def _jit(self, method, prepare, finish):
+    def fn(variables, x):
+      with kernels.scope(self.kernels, inference=True):
+        return finish(self.model.apply(variables, prepare(x), method=method))
+    compiled = jax.jit(fn)
+    return lambda x: compiled(self.variables, x)
+
+  @functools.cached_property
+  def encode(self):
+    """uint8 images `[B, H, W, C]` -> codes `[B, h, w]` int32 (jitted)."""
+    return self._jit(VQVAE.encode_to_indices, to_float, lambda codes: codes)
+
+  @functools.cached_property
+  def decode(self):
+    """Codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (jitted)."""
+    return self._jit(VQVAE.decode_indices, lambda codes: codes, to_uint8)
+
+  def codebook(self) -> np.ndarray:
+    """`[K, D]`."""
+    return np.asarray(self.model.apply(self.variables, method=VQVAE.codebook))
+
+
+def restore_vqvae(workdir: str, step: int | None = None,
+                  kernels_name: str = "auto") -> TrainedVQVAE:
+  """Loads a stage-1 run (latest checkpoint unless `step`) from its folder."""
+  config = checkpoint.read_config(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  try:
+    variables, meta, step = ckpt.restore_variables(step)
+  finally:
+    ckpt.close()
+  if "image_shape" not in meta:
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} is not a VQ-VAE run (its checkpoint has no image_shape); "
+        "point --config.vqvae_workdir at a train_vqvae.py workdir.")
+  image_shape = tuple(meta["image_shape"])
+  kernels.resolve(kernels_name)  # Fail early on a bad name.
+  return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
+                      config=config,
+                      model=build.vqvae(config, image_shape[-1]),
+                      variables=variables, image_shape=image_shape,
+                      kernels=kernels_name)
+
+
+def link_of(vqvae: TrainedVQVAE) -> dict:
+  """What a prior's checkpoint records about its stage-1 run."""
+  return {"workdir": vqvae.workdir, "step": vqvae.step,
+          "config": checkpoint.config_to_dict(vqvae.config)}
+
+
+def check_link(meta: dict, vqvae: TrainedVQVAE, prior_workdir: str) -> None:
+  """Raises unless `vqvae` produces the codes the prior was trained on."""
+  expected = (meta["num_values"], tuple(meta["grid_shape"][:2]))
+  found = (vqvae.num_codes, tuple(vqvae.code_shape))
+  if expected != found:
+    raise checkpoint.CheckpointError(
+        f"The prior in {prior_workdir!r} was trained on codes with K="
+        f"{expected[0]} on a {expected[1][0]}x{expected[1][1]} grid, but the "
+        f"VQ-VAE in {vqvae.workdir!r} has K={found[0]} on a "
+        f"{found[1][0]}x{found[1][1]} grid; point it at the stage-1 run it "
+        f"was trained on ({meta['vqvae']['workdir']!r}).")
+
+
+def samples_to_images(samples: np.ndarray,
+                      vqvae: TrainedVQVAE | None) -> np.ndarray:
+  """Prior samples `[B, h, w, C]` -> uint8 images `[B, H, W, C']` (decoded
+  by `vqvae` when they are codes, as they are when it is given)."""
+  if vqvae is None:
+    return samples.astype(np.uint8)
+  return np.asarray(vqvae.decode(samples[..., 0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedPrior:
+  """A restored stage-2 run and, for a code prior, its stage-1 VQ-VAE."""
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict
+  model: GatedPixelCNN
+  variables: dict
+  meta: dict
+  vqvae: TrainedVQVAE | None
+
+  @property
+  def sample_shape(self) -> tuple[int, int, int]:
+    """`(h, w, C)` of one sample: a code grid (C = 1) or an image."""
+    return tuple(self.meta["grid_shape"])
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.meta.get("num_classes") or 0)
+
+
+def restore_prior(workdir: str, vqvae_workdir: str | None = None,
+                  step: int | None = None) -> TrainedPrior:
+  """Loads a stage-2 run and the VQ-VAE its checkpoint links to (or
+  `vqvae_workdir`, which must then produce the same kind of codes)."""
+  config = checkpoint.read_config(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  try:
+    variables, meta, step = ckpt.restore_variables(step)
+  finally:
+    ckpt.close()
+  if meta.get("kind") != "prior":
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} is not a prior run (train_prior.py); pass the --workdir "
+        "of a train_prior.py run.")
+  vqvae = None
+  if meta.get("vqvae"):
+    link = meta["vqvae"]
+    vqvae = restore_vqvae(vqvae_workdir or link["workdir"],
+                          None if vqvae_workdir else link["step"])
+    check_link(meta, vqvae, workdir)
+  model = build.pixelcnn(config, meta["num_values"], meta["grid_shape"][-1],
+                         meta.get("num_classes") or 0)
+  return TrainedPrior(workdir=os.path.abspath(workdir), step=int(step),
+                      config=config, model=model,
+                      variables={"params": variables["params"]}, meta=meta,
+                      vqvae=vqvae)
