@@ -386,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
       node = node.get(parent, {})
     if name not in node:
       parser.error(f"--set {override}: the config has no field {key!r}")
-    node[name] = ast.literal_eval(value)
+    try:
+      node[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # A bare string: --set model.kernels=xla
+      node[name] = value
   # As the training scripts do, before JAX starts (CPU backend only).
   cpu = xla_cpu.configure(args.cpu_devices, (config.train.batch_size,))
   bench = STAGES[args.stage](args, config)

@@ -1,7 +1,10 @@
-"""One train step on 2 devices equals the 1-device step on the same batch."""
+"""Data parallelism: N devices compute what one device computes."""
 
+import json
 import os
 import textwrap
+
+import numpy as np
 
 from conftest import REPO, run_python
 
@@ -137,3 +140,42 @@ def test_malloc_setting_respects_opt_out():
   assert _cpu_devices("requested")[1] == "True"
   assert _cpu_devices("requested", VQJAX_DEFAULT_MALLOC="1")[1] == "False"
   assert _cpu_devices("requested", MALLOC_ARENA_MAX="4")[1] == "False"
+
+
+def _train_tiny(workdir: str, devices: int, *overrides: str):
+  return run_python(
+      ["train_vqvae.py", "--config=configs/mnist_vqvae.py:tiny",
+       f"--workdir={workdir}", "--config.train.batch_size=24",
+       "--config.train.num_steps=2", "--config.eval.every=2",
+       "--config.checkpoint.every=2", "--config.eval.batch_size=500",
+       *overrides],
+      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+
+
+def test_any_device_count_evaluates_every_test_image_once(tmp_path, mnist_dir):
+  """The same global batch of 24 on 1, 2, 3 and 8 devices, with an eval batch
+  of 500 (which 3 and 8 do not divide): the runs finish (eval, checkpoint)
+  and their test metrics over the whole split agree."""
+  metrics = {}
+  for devices in (1, 2, 3, 8):
+    workdir = str(tmp_path / f"d{devices}")
+    result = _train_tiny(workdir, devices)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+    metrics[devices] = [r for r in records if r["split"] == "test"][-1]
+  for devices in (2, 3, 8):
+    for key in ("mse", "nmse", "commitment_loss", "perplexity", "codes_used"):
+      np.testing.assert_allclose(metrics[devices][key], metrics[1][key],
+                                 rtol=1e-4, err_msg=f"{key}, {devices} devices")
+
+
+def test_train_batch_not_dividing_the_devices_fails_before_loading(tmp_path):
+  result = _train_tiny(str(tmp_path / "run"), 8, "--config.train.batch_size=20",
+                       "--config.data.name=nonexistent")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == ("error: Global batch size 20 is not divisible by the 8 "
+                       "devices; set --config.train.batch_size to a multiple "
+                       "of 8."), result.stderr[-2000:]

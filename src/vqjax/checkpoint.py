@@ -51,7 +51,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 # Keys of the architecture groups that say how a model is computed, not what
 # it is: a run may resume with another value.
-NOT_ARCHITECTURE = frozenset({"model.kernels"})
+NOT_ARCHITECTURE = frozenset({"model.kernels", "model.dtype"})
 
 
 def check_same_architecture(saved: dict, current: dict, workdir: str,

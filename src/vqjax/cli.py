@@ -19,10 +19,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError,
                                                 DataError)
 
 
-def init_distributed() -> None:
-  """Joins a multi-host run when the launcher set one up (no-op otherwise)."""
+def init_distributed(coordinator_address: str = "", num_processes: int = 0,
+                     process_id: int = -1) -> None:
+  """Joins a multi-host run through `jax.distributed.initialize`.
+
+  With `coordinator_address` (`host:port` of process 0), `num_processes` and
+  `process_id` given, those; with none of them but `JAX_COORDINATOR_ADDRESS`
+  or `VQJAX_DISTRIBUTED=1` in the environment, JAX's own cluster detection
+  (SLURM, Open MPI, Cloud TPU, GKE, ...). Otherwise a no-op: one process.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
+  given = {"coordinator_address": bool(coordinator_address),
+           "num_processes": num_processes > 0, "process_id": process_id >= 0}
+  explicit = {k: v for k, v in (("coordinator_address", coordinator_address),
+                                ("num_processes", num_processes),
+                                ("process_id", process_id)) if given[k]}
+  if explicit:
+    missing = {"coordinator_address", "num_processes", "process_id"} - set(
+        explicit)
+    if missing:
+      raise ConfigError(
+          "A multi-host launch needs --coordinator_address, --num_processes "
+          f"and --process_id together; missing: --{', --'.join(sorted(missing))}.")
+    jax.distributed.initialize(**explicit)
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
       "VQJAX_DISTRIBUTED"):
     jax.distributed.initialize()
 
@@ -70,13 +90,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run(main: Callable[[], None],
         cpu_devices: Callable[[], tuple[int | None, tuple[int, ...]]]
-        = lambda: (None, ())) -> None:
+        = lambda: (None, ()), distributed: Callable[[], dict] = dict) -> None:
   """`app.run` with user errors printed as one line and exit status 2.
 
   Before JAX starts, and only if the CPU will be the backend, makes the CPU
   process settings of `vqjax.xla_cpu.configure` with the `(devices,
   batch_sizes)` that `cpu_devices()` returns once the flags are parsed
-  (default: one CPU device).
+  (default: one CPU device); then joins a multi-host run with the arguments
+  `distributed()` returns (see `init_distributed`).
   """
 
   def _main(argv):
@@ -88,7 +109,7 @@ def run(main: Callable[[], None],
       done = xla_cpu.configure(*cpu_devices())
       if done["devices"]:
         logging.info("CPU backend: %d data-parallel device(s).", done["devices"])
-      init_distributed()
+      init_distributed(**distributed())
       main()
     except USER_ERRORS as e:
       logging.flush()
@@ -109,10 +130,18 @@ def train_main(train_and_evaluate: Callable[..., object]) -> None:
   flags.DEFINE_integer("cpu_devices", 0, "On the CPU backend, train data-"
                        "parallel over this many devices; 0: one per core "
                        "(dividing the batch size).")
+  flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of "
+                      "process 0, which every process can reach.")
+  flags.DEFINE_integer("num_processes", 0, "Multi-host: how many processes "
+                       "(one per host) train together.")
+  flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index, "
+                       "0 .. num_processes - 1.")
   flags.mark_flags_as_required(["config", "workdir"])
+  f = flags.FLAGS
 
   def main():
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    train_and_evaluate(f.config, f.workdir)
 
-  run(main, lambda: (flags.FLAGS.cpu_devices,
-                     (flags.FLAGS.config.train.batch_size,)))
+  run(main, lambda: (f.cpu_devices, (f.config.train.batch_size,)),
+      lambda: {"coordinator_address": f.coordinator_address,
+               "num_processes": f.num_processes, "process_id": f.process_id})

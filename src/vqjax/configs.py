@@ -40,6 +40,7 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.model.num_residual_layers = 2
   config.model.num_downsamples = 2  # 28x28 -> 7x7 codes
   config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
+  config.model.dtype = "float32"    # float32 | bfloat16 activations; params, quantizer in float32
 
   config.quantizer = ml_collections.ConfigDict()
   config.quantizer.num_codes = 512  # K
@@ -88,6 +89,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.kernel_size = 5
   config.model.head_features = 128
   config.model.conditional = False  # class-conditional on the dataset labels
+  config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
 
   config.train = train_group(batch_size=64, learning_rate=1e-3,
                              cosine_decay=True, grad_clip_norm=1.0)

@@ -34,12 +34,19 @@ def check_divisible(global_batch_size: int) -> int:
   """Returns the per-process batch size, or raises a clear error."""
   processes = jax.process_count()
   devices = jax.device_count()
-  if global_batch_size % devices:
+  if global_batch_size < 1 or global_batch_size % devices:
     raise ConfigError(
         f"Global batch size {global_batch_size} is not divisible by the "
         f"{devices} devices; set --config.train.batch_size to a multiple of "
         f"{devices}.")
   return global_batch_size // processes
+
+
+def round_up_to_devices(batch_size: int) -> int:
+  """The smallest multiple of the global device count that is >= batch_size
+  (for batches whose padding is masked out, such as evaluation's)."""
+  devices = jax.device_count()
+  return -(-max(batch_size, 1) // devices) * devices
 
 
 def replicate(tree: Any) -> Any:
@@ -82,6 +89,7 @@ def prefetch_to_devices(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
 
 
 __all__ = [
-    "AXIS", "data_parallel", "check_divisible", "replicate", "unreplicate",
+    "AXIS", "data_parallel", "check_divisible", "round_up_to_devices",
+    "replicate", "unreplicate",
     "shard", "prefetch_to_devices",
 ]

@@ -81,11 +81,13 @@ class VectorQuantizer(nn.Module):
   def __call__(self, z_e: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Quantises `z_e: [..., D]`.
 
-    Returns a dict: `quantized` [..., D] (straight-through), `indices` [...]
+    Returns a dict: `quantized` [..., D] float32 (straight-through; float32
+    whatever the dtype of `z_e`), `indices` [...]
     int32, `codebook_loss`, `commitment_loss`, `loss` (the terms that train
     params: both for the loss variant, commitment only with EMA), `counts` [K]
     (local code usage) and, when codes were restarted, `restarted` (how many).
     """
+    z_e = z_e.astype(jnp.float32)  # Distances, losses and EMA in float32.
     codebook = self.codebook()
     indices = self.nearest_code(z_e, codebook)
     z_q = vq.lookup(indices, codebook)

@@ -6,6 +6,8 @@ computes the same layers faster, on the same parameters.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,13 +21,15 @@ class ResidualStack(nn.Module):
   num_hiddens: int
   num_residual_hiddens: int
   num_residual_layers: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for _ in range(self.num_residual_layers):
       h = nn.relu(x)
-      h = nn.relu(nn.Conv(self.num_residual_hiddens, (3, 3))(h))
-      x = x + nn.Conv(self.num_hiddens, (1, 1))(h)
+      h = nn.relu(nn.Conv(self.num_residual_hiddens, (3, 3),
+                          dtype=self.dtype)(h))
+      x = x + nn.Conv(self.num_hiddens, (1, 1), dtype=self.dtype)(h)
     return nn.relu(x)
 
 
@@ -38,16 +42,18 @@ class Encoder(nn.Module):
   num_residual_hiddens: int
   num_residual_layers: int
   num_downsamples: int = 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       features = self.num_hiddens if last else self.num_hiddens // 2
-      x = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2))(x))
-    x = nn.Conv(self.num_hiddens, (3, 3))(x)
+      x = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2),
+                          dtype=self.dtype)(x))
+    x = nn.Conv(self.num_hiddens, (3, 3), dtype=self.dtype)(x)
     return ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                         self.num_residual_layers)(x)
+                         self.num_residual_layers, self.dtype)(x)
 
 
 class Decoder(nn.Module):
@@ -58,16 +64,18 @@ class Decoder(nn.Module):
   num_residual_layers: int
   out_channels: int
   num_downsamples: int = 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = nn.Conv(self.num_hiddens, (3, 3))(z)
+    x = nn.Conv(self.num_hiddens, (3, 3), dtype=self.dtype)(z)
     x = ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                      self.num_residual_layers)(x)
+                      self.num_residual_layers, self.dtype)(x)
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       features = self.out_channels if last else self.num_hiddens // 2
-      x = nn.ConvTranspose(features, (4, 4), strides=(2, 2))(x)
+      x = nn.ConvTranspose(features, (4, 4), strides=(2, 2),
+                           dtype=self.dtype)(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -77,7 +85,9 @@ class VQVAE(nn.Module):
   """Encoder -> 1x1 conv to D -> VectorQuantizer -> Decoder.
 
   Images enter as floats in [-0.5, 0.5] (`vqjax.models.to_float`); the
-  reconstruction is on the same scale.
+  reconstruction is on the same scale. `dtype` is the encoder's and decoder's
+  computation dtype (e.g. bfloat16); parameters, the quantizer (distances,
+  losses, EMA statistics), `z_e` and the reconstruction are float32.
   """
   num_hiddens: int = 128
   num_residual_hiddens: int = 32
@@ -91,26 +101,28 @@ class VQVAE(nn.Module):
   epsilon: float = 1e-5
   dead_code_threshold: float = 0.0
   out_channels: int = 1
+  dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
-                           self.num_residual_layers, self.num_downsamples)
-    self.pre_quantization = nn.Conv(self.code_dim, (1, 1))
+                           self.num_residual_layers, self.num_downsamples,
+                           self.dtype)
+    self.pre_quantization = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
         self.epsilon, self.dead_code_threshold, self.axis_name)
     self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.out_channels,
-                           self.num_downsamples)
+                           self.num_downsamples, self.dtype)
 
   def encode(self, x: jax.Array) -> jax.Array:
-    """`[B, H, W, C]` float -> `z_e: [B, h, w, D]`."""
-    return self.pre_quantization(self.encoder(x))
+    """`[B, H, W, C]` float -> `z_e: [B, h, w, D]` float32."""
+    return self.pre_quantization(self.encoder(x)).astype(jnp.float32)
 
   def decode(self, z_q: jax.Array) -> jax.Array:
-    """`[B, h, w, D]` -> reconstruction `[B, H, W, C]`."""
-    return self.decoder(z_q)
+    """`[B, h, w, D]` -> reconstruction `[B, H, W, C]` float32."""
+    return self.decoder(z_q).astype(jnp.float32)
 
   def codebook(self) -> jax.Array:
     """`[K, D]`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from absl import logging
@@ -62,10 +63,15 @@ def _sum_trees(trees: list[dict]) -> dict:
 
 
 def evaluate(task: Task, p_eval_step, state, batch_size: int) -> dict[str, float]:
-  """Runs `eval_step` over the whole test split and summarises it."""
+  """Runs `eval_step` over the whole test split and summarises it.
+
+  Exact for any `batch_size` and device count: the batch is rounded up to a
+  multiple of the devices, and the padding (there and in the last batch) is
+  masked out of the sums, so every test example counts exactly once.
+  """
   sums = []
-  for batch in parallel.prefetch_to_devices(
-      data.eval_batches(task.test_data, batch_size)):
+  for batch in parallel.prefetch_to_devices(data.eval_batches(
+      task.test_data, parallel.round_up_to_devices(batch_size))):
     sums.append(jax.device_get(parallel.unreplicate(p_eval_step(state, batch))))
   return task.summarize_eval(_sum_trees(sums))
 
@@ -90,14 +96,18 @@ def open_run(task: Task, workdir: str) -> tuple[checkpoint.Checkpointer, int]:
   return ckpt, int(step)
 
 
-def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
-  """Trains `task` in `workdir` to `config.train.num_steps`, resuming if it can.
+def train_and_evaluate(make_task: Callable[[], Task],
+                       config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains `make_task()` in `workdir` to `config.train.num_steps`, resuming
+  if it can. The global batch is checked against the devices before the task
+  loads anything.
 
   Returns the last evaluation's metrics.
   """
-  config = task.config
   is_main = jax.process_index() == 0
   parallel.check_divisible(config.train.batch_size)
+  task = make_task()
 
   ckpt, start_step = open_run(task, workdir)
   example = next(data.train_batches(task.train_data, config.train.batch_size,

@@ -189,4 +189,5 @@ class PriorTask:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage 2: trains a prior in `workdir`; returns the final test metrics."""
-  return loop.train_and_evaluate(PriorTask(config, workdir), workdir)
+  return loop.train_and_evaluate(lambda: PriorTask(config, workdir), config,
+                                 workdir)

@@ -169,4 +169,4 @@ class VQVAETask:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage 1: trains a VQ-VAE in `workdir`; returns the final test metrics."""
-  return loop.train_and_evaluate(VQVAETask(config), workdir)
+  return loop.train_and_evaluate(lambda: VQVAETask(config), config, workdir)

@@ -5,6 +5,8 @@ Inside `with kernels():`, every call of
 * `nn.Conv` on NHWC images (any kernel size, equal strides, any padding but
   'CIRCULAR' / 'CAUSAL' / 'REFLECT'; no dilation, groups or mask),
 * `nn.ConvTranspose` with a 4x4 kernel, stride 2 and 'SAME' padding,
+
+computing in float32,
 * `VectorQuantizer.nearest_code`
 
 made while tracing a model is computed by `vqjax.xla_cpu.convolutions` /
@@ -24,7 +26,7 @@ import functools
 from collections.abc import Iterator
 
 import flax.linen as nn
-import jax
+import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
 from vqjax.models.vector_quantizer import VectorQuantizer
@@ -56,10 +58,20 @@ def _padding(module: nn.Module):
   return [tuple(int(p) for p in pair) for pair in padding]
 
 
+def _float32(module: nn.Module, x) -> bool:
+  """Whether the layer computes in float32 (the formulations here are written
+  and tested for it; Winograd's transforms would lose bfloat16's few bits)."""
+  dtype = (module.dtype if module.dtype is not None else
+           jnp.result_type(x.dtype, module.param_dtype))
+  return (jnp.dtype(dtype) == jnp.float32 and
+          jnp.dtype(module.param_dtype) == jnp.float32)
+
+
 def _conv_supported(module: nn.Conv, x) -> bool:
   kernel_size = module.kernel_size
   strides = _pair(module.strides)
-  return (not isinstance(kernel_size, int) and len(kernel_size) == 2 and
+  return (_float32(module, x) and
+          not isinstance(kernel_size, int) and len(kernel_size) == 2 and
           x.ndim == 4 and strides[0] == strides[1] and
           _all_ones(module.input_dilation) and
           _all_ones(module.kernel_dilation) and
@@ -70,7 +82,7 @@ def _conv_supported(module: nn.Conv, x) -> bool:
 
 
 def _transpose_supported(module: nn.ConvTranspose, x) -> bool:
-  return (not isinstance(module.kernel_size, int) and
+  return (_float32(module, x) and not isinstance(module.kernel_size, int) and
           tuple(module.kernel_size) == (4, 4) and x.ndim == 4 and
           _pair(module.strides) == (2, 2) and
           canonicalize_padding(module.padding, 2) == "SAME" and
