@@ -292,7 +292,8 @@ def _stage2(args, config) -> Bench:
         0, num_values, (4 * batch_size,) + grid).astype(np.int16)
   else:  # a pixel-level config: real images
     real = data.load(config.data, "train")
-    num_values, codes = 256, real.images[:4 * batch_size]
+    num_values = 256
+    codes = real.batch(np.arange(4 * batch_size))["image"]
   fake = data.Dataset(name="bench", images=codes,
                       labels=np.zeros(len(codes), np.int32), num_classes=0)
   task = prior.PriorTask(config, workdir="", datasets=(fake, fake, num_values))

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -14,10 +15,11 @@ import pytest
 from PIL import Image
 
 from vqjax import data
+from vqjax.data import files, pipeline
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IDX_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-_REAL_DOWNLOAD = data._download  # Before the autouse fixture patches it.
+_REAL_DOWNLOAD = files.download  # Before the autouse fixture patches it.
 
 
 def _data_root():
@@ -39,8 +41,13 @@ def _offline(monkeypatch, tmp_path):
   """No test may touch the network or the user's real download cache."""
   def no_download(url, path, md5):
     raise OSError(f"network disabled in tests ({url})")
-  monkeypatch.setattr(data, "_download", no_download)
+  monkeypatch.setattr(files, "download", no_download)
   monkeypatch.setenv("VQJAX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _images(source):
+  """Every image of a source (lazily read ones too): [N, H, W, C]."""
+  return source.batch(np.arange(len(source)))["image"]
 
 
 def _fake(n=10, h=4, w=3, c=2, num_classes=5, seed=0):
@@ -150,7 +157,7 @@ def test_missing_files_download_failed(tmp_path, monkeypatch):
 def test_missing_files_no_download_env(tmp_path, monkeypatch):
   monkeypatch.setenv("VQJAX_NO_DOWNLOAD", "1")
   calls = []
-  monkeypatch.setattr(data, "_download", lambda *args: calls.append(args))
+  monkeypatch.setattr(files, "download", lambda *args: calls.append(args))
   missing = tmp_path / "nowhere"
   with pytest.raises(data.DataError, match=f"put the files in {missing}") as e:
     data.load(ml_collections.ConfigDict({"name": "mnist", "dir": str(missing)}), "test")
@@ -165,7 +172,7 @@ def test_download_into_cache(mnist_dir, tmp_path, monkeypatch):
   def fake_download(url, path, md5):
     urls.append(url)
     shutil.copy(os.path.join(mnist_dir, os.path.basename(path)), path)
-  monkeypatch.setattr(data, "_download", fake_download)
+  monkeypatch.setattr(files, "download", fake_download)
   ds = data.load_dataset("mnist", "test")
   assert len(ds) == 10000 and len(urls) == 2
   assert urls[0].startswith("https://storage.googleapis.com/cvdf-datasets/mnist/")
@@ -239,7 +246,7 @@ def test_cifar10_download_extracts_tarball(tmp_path, monkeypatch):
   tarball = tmp_path / "cifar-10-python.tar.gz"
   with tarfile.open(tarball, "w:gz") as tar:
     tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-  monkeypatch.setattr(data, "_download", lambda url, path, md5: shutil.copy(tarball, path))
+  monkeypatch.setattr(files, "download", lambda url, path, md5: shutil.copy(tarball, path))
   ds = data.load_dataset("cifar10", "test")
   assert ds.images.shape == (3, 32, 32, 3)
   cache = tmp_path / "cache" / "cifar10"
@@ -273,10 +280,12 @@ def test_tfds_mock():
   with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = data.load(ml_collections.ConfigDict({"name": "tfds:mnist", "dir": ""}), "train")
     small = data.load_dataset("tfds:mnist", "test", image_size=14)
-  assert ds.name == "tfds:mnist" and ds.images.shape == (20, 28, 28, 1)
-  assert ds.images.dtype == np.uint8 and ds.labels.dtype == np.int32
-  assert ds.num_classes == 10 and 0 <= ds.labels.min() and ds.labels.max() <= 9
-  assert small.images.shape == (20, 14, 14, 1)
+    images, small_images = _images(ds), _images(small)
+    labels = ds.batch(np.arange(len(ds)))["label"]
+  assert ds.name == "tfds:mnist" and images.shape == (20, 28, 28, 1)
+  assert images.dtype == np.uint8 and labels.dtype == np.int32
+  assert ds.num_classes == 10 and 0 <= labels.min() and labels.max() <= 9
+  assert small_images.shape == (20, 14, 14, 1) and small.shape == (14, 14, 1)
 
 
 def test_tfds_unknown_builder():
@@ -301,9 +310,10 @@ def test_folder_resize_and_holdout(tmp_path):
   train = data.load_dataset("folder", "train", str(tmp_path), image_size=16)
   test = data.load_dataset("folder", "test", str(tmp_path), image_size=16)
   # Files 0 and 10 (every 10th in sorted order) are held out for 'test'.
-  assert train.images.shape == (10, 16, 16, 3) and test.images.shape == (2, 16, 16, 3)
-  np.testing.assert_array_equal(test.images[1, 8, 8], [10, 20, 30])
-  np.testing.assert_array_equal(train.images[0, 8, 8], [1, 2, 3])
+  assert _images(train).shape == (10, 16, 16, 3)
+  assert _images(test).shape == (2, 16, 16, 3)
+  np.testing.assert_array_equal(test[1]["image"][8, 8], [10, 20, 30])
+  np.testing.assert_array_equal(train[0]["image"][8, 8], [1, 2, 3])
   assert train.num_classes == 0 and not train.labels.any()  # Only one folder level.
   with pytest.raises(data.DataError, match="different sizes.*image_size"):
     data.load_dataset("folder", "train", str(tmp_path))
@@ -317,11 +327,11 @@ def test_folder_classes_and_greyscale(tmp_path):
   _png(tmp_path / "test" / "emu" / "0.png", (8, 8), "L", 50)
   cfg = ml_collections.ConfigDict({"name": "folder", "dir": str(tmp_path), "image_size": 0})
   train, test = data.load(cfg, "train"), data.load(cfg, "test")
-  assert train.images.shape == (6, 8, 8, 1) and test.images.shape == (3, 8, 8, 1)
+  assert _images(train).shape == (6, 8, 8, 1) and _images(test).shape == (3, 8, 8, 1)
   assert train.num_classes == test.num_classes == 3  # cat, dog, emu.
   np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 1])
   np.testing.assert_array_equal(test.labels, [0, 1, 2])
-  np.testing.assert_array_equal(test.images[:, 0, 0, 0], [5, 100, 50])
+  np.testing.assert_array_equal(_images(test)[:, 0, 0, 0], [5, 100, 50])
 
 
 def test_folder_mixed_modes_become_rgb(tmp_path):
@@ -329,8 +339,8 @@ def test_folder_mixed_modes_become_rgb(tmp_path):
   _png(tmp_path / "b.jpg", (6, 6), "RGB", (200, 0, 0))
   _png(tmp_path / "c.png", (6, 6), "RGBA", (0, 0, 90, 255))
   ds = data.load_dataset("folder", "train", str(tmp_path))
-  assert ds.images.shape == (2, 6, 6, 3)
-  assert ds.images[1, 0, 0].tolist() == [0, 0, 90]
+  assert _images(ds).shape == (2, 6, 6, 3)
+  assert ds[1]["image"][0, 0].tolist() == [0, 0, 90]
 
 
 def test_folder_errors(tmp_path):
@@ -345,6 +355,32 @@ def test_folder_errors(tmp_path):
   (tmp_path / "bad" / "b.png").write_bytes(b"definitely not a png")
   with pytest.raises(data.DataError, match="b.png.*not a readable image"):
     data.load_dataset("folder", "train", str(tmp_path / "bad"))
+  _png(tmp_path / "late" / "a.png", (4, 4))
+  _png(tmp_path / "late" / "b.png", (4, 4))
+  late = data.load_dataset("folder", "train", str(tmp_path / "late"))
+  (tmp_path / "late" / "b.png").write_bytes(b"truncated after opening")
+  with pytest.raises(data.DataError, match="b.png.*not a readable image"):
+    late.batch([0, 1])
+
+
+def test_folder_is_read_lazily(tmp_path, monkeypatch):
+  """Opening a split reads headers only; a batch decodes just its files."""
+  for i in range(30):
+    _png(tmp_path / "train" / f"{i:02d}.png", (5, 5), value=(i, 0, 0))
+  _png(tmp_path / "test" / "0.png", (5, 5))
+  from vqjax.data import folder  # pylint: disable=g-import-not-at-top
+  decoded = []
+  real_decode = folder._decode_image
+  monkeypatch.setattr(folder, "_decode_image",
+                      lambda path, *a: decoded.append(path) or real_decode(path, *a))
+  source = data.load_dataset("folder", "train", str(tmp_path))
+  assert len(source) == 30 and not decoded
+  batch = source.batch([3, 17])
+  assert [os.path.basename(p) for p in decoded] == ["03.png", "17.png"]
+  assert batch["image"][:, 0, 0, 0].tolist() == [3, 17]
+  first = next(data.train_batches(source, 4, seed=0, process_index=0,
+                                  process_count=1, read_threads=0))
+  assert first["image"].shape == (4, 5, 5, 3) and len(decoded) == 6
   with pytest.raises(data.DataError, match="splits"):
     data.load_dataset("folder", "validation", str(tmp_path / "bad"))
 
@@ -369,20 +405,20 @@ def test_data_variance():
   ds = _fake(n=37, h=5, w=7, c=3)
   expected = np.var(ds.images / 255.0)
   np.testing.assert_allclose(data.data_variance(ds), expected, rtol=1e-12)
-  old = data._VARIANCE_CHUNK_ELEMENTS
+  old = pipeline._VARIANCE_CHUNK_ELEMENTS
   try:
-    data._VARIANCE_CHUNK_ELEMENTS = 200  # Force many chunks.
+    pipeline._VARIANCE_CHUNK_ELEMENTS = 200  # Force many chunks.
     np.testing.assert_allclose(data.data_variance(ds), expected, rtol=1e-12)
   finally:
-    data._VARIANCE_CHUNK_ELEMENTS = old
+    pipeline._VARIANCE_CHUNK_ELEMENTS = old
 
 
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
-def test_train_batches_deterministic_and_resumable():
-  ds = _fake(n=10)  # Batch 3 -> 3 steps per epoch, 1 example dropped.
+def test_train_batches_deterministic_and_resumable_from_their_state():
+  ds = _fake(n=10)
   kwargs = dict(global_batch_size=3, process_index=0, process_count=1)
   first = _take(data.train_batches(ds, seed=7, **kwargs), 8)
   again = _take(data.train_batches(ds, seed=7, **kwargs), 8)
@@ -392,10 +428,14 @@ def test_train_batches_deterministic_and_resumable():
   assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
   assert first[0]["image"].shape == (3, 4, 3, 2) and first[0]["image"].dtype == np.uint8
   assert first[0]["label"].dtype == np.int32
-  # Resume at step 2 (mid epoch 0) and step 4 (mid epoch 1).
+  # Resume from the saved state after 2 (mid epoch 0) and 4 (epoch 1) steps.
   for k in (2, 4):
-    resumed = _take(data.train_batches(ds, seed=7, start_step=k, **kwargs), 8 - k)
-    for a, b in zip(first[k:], resumed):
+    interrupted = data.train_batches(ds, seed=7, **kwargs)
+    _take(interrupted, k)
+    state = json.loads(json.dumps(interrupted.get_state()))  # As checkpointed.
+    resumed = data.train_batches(ds, seed=7, **kwargs)
+    resumed.set_state(state)
+    for a, b in zip(first[k:], _take(resumed, 8 - k)):
       np.testing.assert_array_equal(a["image"], b["image"])
       np.testing.assert_array_equal(a["label"], b["label"])
 
@@ -403,17 +443,19 @@ def test_train_batches_deterministic_and_resumable():
 def test_train_batches_epochs():
   ds = data.Dataset("ids", np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1),
                     np.arange(12, dtype=np.int32), 12)
-  batches = _take(data.train_batches(ds, 4, seed=0, process_index=0, process_count=1), 9)
-  epochs = [np.concatenate([b["label"] for b in batches[e * 3:(e + 1) * 3]]) for e in range(3)]
+  batches = _take(data.train_batches(ds, 4, seed=0, process_index=0,
+                                     process_count=1), 9)
+  epochs = [np.concatenate([b["label"] for b in batches[e * 3:(e + 1) * 3]])
+            for e in range(3)]
   for order in epochs:
     np.testing.assert_array_equal(np.sort(order), np.arange(12))  # Each once.
-  assert not np.array_equal(epochs[0], epochs[1])
-  np.testing.assert_array_equal(epochs[1], data.epoch_permutation(0, 1, 12))
+  assert not np.array_equal(epochs[0], epochs[1])  # Reshuffled every epoch.
   for b in batches:
     np.testing.assert_array_equal(b["image"][:, 0, 0, 0], b["label"])
 
 
 def test_train_batches_process_sharding():
+  """Each process reads its rows of the same global batches."""
   ds = _fake(n=30)
   single = _take(data.train_batches(ds, 8, seed=3, process_index=0, process_count=1), 5)
   shards = [_take(data.train_batches(ds, 8, seed=3, process_index=p, process_count=2), 5)
@@ -435,6 +477,22 @@ def test_train_batches_errors():
     data.train_batches(ds, 4, seed=0, process_index=2, process_count=2)
   batch = next(data.train_batches(ds, 4, seed=0))  # jax's process defaults.
   assert batch["image"].shape[0] == 4
+
+
+def test_variance_of_a_lazy_source_is_estimated_from_a_sample(monkeypatch):
+  ds = _fake(n=50, h=3, w=3, c=1)
+
+  class Lazy(data.base.LazySource):
+    name, shape, num_classes = "lazy", ds.shape, 0
+    __len__ = ds.__len__
+    __getitem__ = ds.__getitem__
+
+  np.testing.assert_allclose(data.data_variance(Lazy()),
+                             np.var(ds.images / 255.0), rtol=1e-12)
+  monkeypatch.setattr(pipeline, "VARIANCE_SAMPLE", 20)
+  estimate = data.data_variance(Lazy())
+  assert estimate != pytest.approx(np.var(ds.images / 255.0), rel=1e-12)
+  assert estimate == pytest.approx(np.var(ds.images / 255.0), rel=0.3)
 
 
 @pytest.mark.parametrize("process_count", [1, 2])

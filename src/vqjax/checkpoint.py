@@ -51,7 +51,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 # Keys of the architecture groups that say how a model is computed, not what
 # it is: a run may resume with another value.
-NOT_ARCHITECTURE = frozenset({"model.kernels", "model.dtype"})
+NOT_ARCHITECTURE = frozenset({"model.kernels", "model.dtype",
+                              "data.read_threads", "data.prefetch_batches"})
 
 
 def check_same_architecture(saved: dict, current: dict, workdir: str,

@@ -33,6 +33,8 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.data.name = "mnist"      # mnist | fashion_mnist | cifar10 | tfds:<name> | folder
   config.data.dir = ""            # "" -> $VQJAX_DATA_DIR/<name>, then a download cache
   config.data.image_size = 0      # folder / tfds: resize to this square size (0 = keep)
+  config.data.read_threads = 4    # batches the Grain pipeline reads concurrently
+  config.data.prefetch_batches = 8  # batches read ahead of the training step
 
   config.model = ml_collections.ConfigDict()
   config.model.num_hiddens = 128
@@ -82,6 +84,8 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.data.name = "mnist"
   config.data.dir = ""
   config.data.image_size = 0
+  config.data.read_threads = 4
+  config.data.prefetch_batches = 8
 
   config.model = ml_collections.ConfigDict()
   config.model.features = 64

@@ -79,8 +79,10 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
               temperature: float = 1.0, seed: int = 0, method: str = "cached",
               near_fraction: float = 0.25) -> list[str]:
   """Writes every mode that applies to `prior` as `<mode>.png` + `<mode>.npy`."""
-  test = (data.load(prior.config.data, "test").images[:num]
-          if prior.vqvae is not None else None)  # fail before sampling
+  test = None
+  if prior.vqvae is not None:  # Fail before sampling.
+    source = data.load(prior.config.data, "test")
+    test = source.batch(np.arange(min(num, len(source))))["image"]
   os.makedirs(outdir, exist_ok=True)
   keys = jax.random.split(jax.random.PRNGKey(seed), 4)
   cols = max(1, math.ceil(math.sqrt(num)))

@@ -8,7 +8,7 @@ local devices and moves batches onto them. Swapping `jax.pmap` for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -83,13 +83,8 @@ def shard(batch: Any) -> Any:
   return jax.tree_util.tree_map(_shard, batch)
 
 
-def prefetch_to_devices(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
-  """Shards host batches and keeps `size` of them in flight on the devices."""
-  return jax_utils.prefetch_to_device(map(shard, batches), size)
-
-
 __all__ = [
     "AXIS", "data_parallel", "check_divisible", "round_up_to_devices",
     "replicate", "unreplicate",
-    "shard", "prefetch_to_devices",
+    "shard",
 ]

@@ -1,8 +1,9 @@
 """The training loop shared by stage 1 and stage 2.
 
 A `Task` says what to train (state, pure steps, data, pictures); this loop does
-the rest the same way for every model: data order, `pmap`, logging, periodic
-evaluation, Orbax checkpoints and exact resumption.
+the rest the same way for every model: the Grain input pipeline, `pmap`,
+logging, periodic evaluation, Orbax checkpoints (with the pipeline's iterator
+state) and exact resumption.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tqdm import tqdm
 from vqjax import checkpoint, data, parallel
 from vqjax.logging import MetricWriter
 from vqjax.train.state import TrainState
+
+# The input pipeline's iterator state, in every checkpoint's metadata.
+DATA_STATE = "data_iterator"
 
 
 class Task(Protocol):
@@ -70,14 +74,24 @@ def evaluate(task: Task, p_eval_step, state, batch_size: int) -> dict[str, float
   masked out of the sums, so every test example counts exactly once.
   """
   sums = []
-  for batch in parallel.prefetch_to_devices(data.eval_batches(
-      task.test_data, parallel.round_up_to_devices(batch_size))):
-    sums.append(jax.device_get(parallel.unreplicate(p_eval_step(state, batch))))
+  for batch in data.eval_batches(task.test_data,
+                                 parallel.round_up_to_devices(batch_size),
+                                 **read_options(task.config)):
+    sums.append(jax.device_get(parallel.unreplicate(
+        p_eval_step(state, parallel.shard(batch)))))
   return task.summarize_eval(_sum_trees(sums))
 
 
-def open_run(task: Task, workdir: str) -> tuple[checkpoint.Checkpointer, int]:
-  """The run's Checkpointer and the step to start from (0 for a new run).
+def read_options(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """How the input pipeline reads ahead (`config.data`)."""
+  return {"read_threads": config.data.read_threads,
+          "prefetch_batches": config.data.prefetch_batches}
+
+
+def open_run(task: Task, workdir: str
+             ) -> tuple[checkpoint.Checkpointer, int, dict]:
+  """The run's Checkpointer, the step to start from (0 for a new run) and
+  the latest checkpoint's metadata ({} for a new run).
 
   A run that exists must be resumable by `task` with its config (same
   architecture; `task.check_resume`), checked before any data is touched.
@@ -86,14 +100,14 @@ def open_run(task: Task, workdir: str) -> tuple[checkpoint.Checkpointer, int]:
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.max_to_keep)
   step = ckpt.latest_step()
   if step is None:
-    return ckpt, 0
+    return ckpt, 0, {}
   saved = checkpoint.read_config(workdir).to_dict()
   checkpoint.check_same_architecture(
       saved, config.to_dict(), workdir,
       groups=tuple(g for g in ("data", "model", "quantizer") if g in config))
   meta, _ = ckpt.restore_meta(step)
   task.check_resume(meta)
-  return ckpt, int(step)
+  return ckpt, int(step), meta
 
 
 def train_and_evaluate(make_task: Callable[[], Task],
@@ -109,9 +123,10 @@ def train_and_evaluate(make_task: Callable[[], Task],
   parallel.check_divisible(config.train.batch_size)
   task = make_task()
 
-  ckpt, start_step = open_run(task, workdir)
+  ckpt, start_step, meta = open_run(task, workdir)
+  options = read_options(config)
   example = next(data.train_batches(task.train_data, config.train.batch_size,
-                                    config.seed))
+                                    config.seed, **options))
   state = task.create_train_state(jax.random.PRNGKey(config.seed),
                                   {k: v[:1] for k, v in example.items()})
   if start_step:
@@ -125,32 +140,34 @@ def train_and_evaluate(make_task: Callable[[], Task],
   p_eval_step = parallel.data_parallel(task.eval_step, donate_state=False)
   state = parallel.replicate(state)
 
-  batches = parallel.prefetch_to_devices(data.train_batches(
-      task.train_data, config.train.batch_size, config.seed, start_step))
-  if start_step == 0 and task.has_initialize:
-    first = parallel.shard(next(data.train_batches(
-        task.train_data, config.train.batch_size, config.seed)))
-    state = parallel.data_parallel(task.initialize)(state, first)
+  batches = data.train_batches(task.train_data, config.train.batch_size,
+                               config.seed, **options)
+  if start_step:
+    batches.set_state(meta[DATA_STATE])  # The exact data order goes on.
+  elif task.has_initialize:
+    state = parallel.data_parallel(task.initialize)(state,
+                                                    parallel.shard(example))
 
   num_steps = config.train.num_steps
   eval_every = config.eval.every
   ckpt_every = config.checkpoint.every
   fixed = {"train": example,
-           "test": next(data.eval_batches(task.test_data, config.train.batch_size))}
+           "test": next(data.eval_batches(task.test_data,
+                                          config.train.batch_size, **options))}
   eval_metrics: dict[str, float] = {}
   pending, window_start, window_steps = [], time.perf_counter(), 0
 
   def save(step):
     ckpt.save(step, parallel.unreplicate(state),
               {"config": checkpoint.config_to_dict(config),
-               **task.checkpoint_meta()})
+               DATA_STATE: batches.get_state(), **task.checkpoint_meta()})
 
   progress = tqdm(range(start_step, num_steps), initial=start_step,
                   total=num_steps, disable=not is_main or not
                   config.progress_bar, desc=os.path.basename(
                       os.path.normpath(workdir)), dynamic_ncols=True)
   for step in progress:
-    state, metrics = p_train_step(state, next(batches))
+    state, metrics = p_train_step(state, parallel.shard(next(batches)))
     pending.append(metrics)
     window_steps += 1
     done = step + 1

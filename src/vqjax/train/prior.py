@@ -44,12 +44,15 @@ def encode_split(vqvae: TrainedVQVAE, dataset: data.Dataset,
   """Images `[N, H, W, C]` -> a Dataset of codes `[N, h, w, 1]` (int16/32)."""
   check_image_shape(vqvae, dataset)
   dtype = np.int16 if vqvae.num_codes <= np.iinfo(np.int16).max else np.int32
-  codes = np.empty((len(dataset.images),) + vqvae.code_shape + (1,), dtype)
+  codes = np.empty((len(dataset),) + vqvae.code_shape + (1,), dtype)
+  labels = np.empty((len(dataset),), np.int32)
   for start in range(0, len(codes), batch_size):
-    chunk = dataset.images[start:start + batch_size]
-    codes[start:start + len(chunk), ..., 0] = np.asarray(vqvae.encode(chunk))
+    chunk = dataset.batch(np.arange(start, min(start + batch_size, len(codes))))
+    codes[start:start + len(chunk["image"]), ..., 0] = np.asarray(
+        vqvae.encode(chunk["image"]))
+    labels[start:start + len(chunk["label"])] = chunk["label"]
   return data.Dataset(name=f"{dataset.name}:codes", images=codes,
-                      labels=dataset.labels, num_classes=dataset.num_classes)
+                      labels=labels, num_classes=dataset.num_classes)
 
 
 def cached_codes(vqvae: TrainedVQVAE, dataset: data.Dataset, split: str,
@@ -59,14 +62,15 @@ def cached_codes(vqvae: TrainedVQVAE, dataset: data.Dataset, split: str,
   key = f"{vqvae.workdir}@{vqvae.step}"
   if os.path.exists(path):
     with np.load(path) as cached:
-      if str(cached["vqvae"]) == key and len(cached["codes"]) == len(dataset.images):
+      if (str(cached["vqvae"]) == key and "labels" in cached and
+          len(cached["codes"]) == len(dataset)):
         return data.Dataset(name=f"{dataset.name}:codes", images=cached["codes"],
-                            labels=dataset.labels,
+                            labels=cached["labels"],
                             num_classes=dataset.num_classes)
   encoded = encode_split(vqvae, dataset)
   os.makedirs(workdir, exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, codes=encoded.images, vqvae=key)
+  np.savez(tmp, codes=encoded.images, labels=encoded.labels, vqvae=key)
   os.replace(tmp, path)
   return encoded
 
