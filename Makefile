@@ -8,6 +8,7 @@ RUNS ?= runs/demo
 # to keep the whole demo short (measured: 13 min 56 s on 2 CPU cores).
 DEMO_VQVAE_FLAGS ?=
 DEMO_PRIOR_FLAGS ?= --config.train.num_steps=800 --config.eval.every=400
+DEMO_EVAL_FLAGS ?=
 
 .PHONY: install test demo benchmark clean
 
@@ -23,7 +24,8 @@ test: install
 	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests
 
 # The MNIST pipeline: VQ-VAE (stage 1), PixelCNN prior on its codes (stage 2),
-# samples decoded to pictures. Re-running resumes/skips finished stages.
+# samples decoded to pictures, then the sample-quality numbers (evaluate.py).
+# Re-running resumes/skips finished stages.
 demo: install
 	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) train_vqvae.py --config=configs/mnist_vqvae.py \
 	  --workdir=$(RUNS)/vqvae $(DEMO_VQVAE_FLAGS)
@@ -33,6 +35,7 @@ demo: install
 	@echo "Pictures:"
 	@echo "  reconstructions: $(RUNS)/vqvae/images/"
 	@echo "  samples:         $(RUNS)/prior/samples/"
+	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) evaluate.py --workdir=$(RUNS)/prior $(DEMO_EVAL_FLAGS)
 
 benchmark: install
 	$(PY) benchmarks/train_throughput.py

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import load_config, run_python
 from vqjax import checkpoint, runs as runs_lib
@@ -86,10 +87,28 @@ def test_pipeline_end_to_end_on_mnist(tmp_path, mnist_dir):
   out = os.path.join(prior_dir, "samples")
   for mode in ("prior_samples", "class_conditional", "random_codes",
                "codes_near_test"):
-    assert os.path.exists(os.path.join(out, f"{mode}.png")), mode
-    assert os.path.exists(os.path.join(out, f"{mode}.npy")), mode
-  samples = np.load(os.path.join(out, "prior_samples.npy"))
+    assert os.path.exists(os.path.join(out, f"{mode}_step000004.png")), mode
+    assert os.path.exists(os.path.join(out, f"{mode}_step000004.npy")), mode
+  samples = np.load(os.path.join(out, "prior_samples_step000004.npy"))
   assert samples.shape == (10, 7, 7, 1) and samples.max() < 32
-  assert np.load(os.path.join(out, "class_conditional.npy")).shape == (10, 7, 7, 1)
+  assert np.load(os.path.join(
+      out, "class_conditional_step000004.npy")).shape == (10, 7, 7, 1)
+  with Image.open(os.path.join(out, "prior_samples_step000004.png")) as grid:
+    assert grid.size[0] >= 4 * 28 * 3  # 4 columns of 3x enlarged 28x28 images
+  result = run_python(["evaluate.py", f"--workdir={prior_dir}", "--num=20",
+                       "--classifier_steps=10"],
+                      env={"VQJAX_CACHE_DIR": str(tmp_path / "cache")})
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(prior_dir, "evaluation.json")) as f:
+    report = json.load(f)
+  assert 0 <= report["classifier"]["test_accuracy"] <= 1
+  assert set(report["sets"]) == {"prior samples (T=1)", "random codes",
+                                 "test reconstructions",
+                                 "train images (floor)", "test images"}
+  for score in report["sets"].values():
+    assert np.isfinite(score["fid"]) and score["fid"] >= -1e-6
+    assert 1 <= score["inception_score"] <= 10 + 1e-6
+    assert sum(score["class_histogram"]) == pytest.approx(1, abs=1e-3)
+  assert "FID" in result.stdout
   records = [json.loads(l) for l in open(os.path.join(prior_dir, "metrics.jsonl"))]
   assert any(r["split"] == "test" and "bits" in r for r in records)

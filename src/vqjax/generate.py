@@ -78,7 +78,8 @@ def codes_near_test(prior: TrainedPrior, test_images: np.ndarray,
 def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
               temperature: float = 1.0, seed: int = 0, method: str = "cached",
               near_fraction: float = 0.25) -> list[str]:
-  """Writes every mode that applies to `prior` as `<mode>.png` + `<mode>.npy`."""
+  """Writes every mode that applies to `prior` as `<mode>_step<S>.png` and
+  `.npy` (S: the prior's checkpoint step)."""
   test = None
   if prior.vqvae is not None:  # Fail before sampling.
     source = data.load(prior.config.data, "test")
@@ -88,10 +89,12 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
   cols = max(1, math.ceil(math.sqrt(num)))
   written = []
 
-  def save(name, pictures, raw, num_cols=cols):
-    np.save(os.path.join(outdir, f"{name}.npy"), raw)
-    written.append(images.save_grid(os.path.join(outdir, f"{name}.png"),
-                                    pictures, num_cols))
+  def stem(mode):
+    return os.path.join(outdir, f"{mode}_step{prior.step:06d}")
+
+  def save(mode, pictures, raw, num_cols=cols):
+    np.save(stem(mode) + ".npy", raw)
+    written.append(images.save_grid(stem(mode) + ".png", pictures, num_cols))
 
   save("prior_samples", *prior_samples(prior, keys[0], num, temperature,
                                        method=method))
@@ -102,9 +105,9 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
   if prior.vqvae is not None:
     save("random_codes", *random_codes(prior, keys[2], num))
     pictures, moved = codes_near_test(prior, test, keys[3], near_fraction)
-    np.save(os.path.join(outdir, "codes_near_test.npy"), moved)
+    np.save(stem("codes_near_test") + ".npy", moved)
     grids = [images.make_grid(p, cols) for p in np.split(pictures, 3)]
     written.append(images.save_image(
-        os.path.join(outdir, "codes_near_test.png"),
+        stem("codes_near_test") + ".png",
         images.side_by_side(images.side_by_side(grids[0], grids[1]), grids[2])))
   return written

@@ -9,15 +9,31 @@ import numpy as np
 from PIL import Image
 
 
+# Small images are enlarged (nearest neighbour) to at least this many pixels
+# a side, so that a 28x28 digit is readable in an image viewer.
+VIEWABLE_SIZE = 84
+
+
+def viewable_scale(height: int, width: int) -> int:
+  """The integer upscaling `make_grid` applies by default: 3 for 28x28."""
+  return max(1, VIEWABLE_SIZE // max(height, width, 1))
+
+
 def make_grid(images: np.ndarray, num_cols: int | None = None,
-              padding: int = 2, pad_value: int = 255) -> np.ndarray:
-  """Tiles `[N, H, W, C]` uint8 images into one `[rows*(H+p)+p, cols*(W+p)+p, C]`
-  image. `num_cols` defaults to a near-square layout."""
+              padding: int = 2, pad_value: int = 255,
+              scale: int | None = None) -> np.ndarray:
+  """Tiles `[N, H, W, C]` uint8 images into one `[rows*(sH+p)+p,
+  cols*(sW+p)+p, C]` image, each enlarged `s` times by nearest neighbour
+  (`scale`, default `viewable_scale(H, W)`). `num_cols` defaults to a
+  near-square layout."""
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4:
     raise ValueError(f"make_grid expects [N, H, W, C] images, got shape {images.shape}.")
+  scale = scale or viewable_scale(*images.shape[1:3])
+  if scale > 1:
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
   n, h, w, c = images.shape
   num_cols = num_cols or max(1, math.ceil(math.sqrt(n)))
   num_rows = max(1, math.ceil(n / num_cols))

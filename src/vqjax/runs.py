@@ -19,10 +19,36 @@ import jax
 import ml_collections
 import numpy as np
 
-from vqjax import checkpoint, kernels
+from vqjax import checkpoint
+from vqjax import kernels as kernel_choice
 from vqjax.models import build
 from vqjax.models.pixelcnn import GatedPixelCNN
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
+
+
+def read_run(workdir: str, step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, dict, dict, int]:
+  """`(config, variables, meta, step)` of a run folder's checkpoint (the
+  latest unless `step`), without optimizer state: the one way every
+  restore starts."""
+  config = checkpoint.read_config(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  try:
+    variables, meta, step = ckpt.restore_variables(step)
+  finally:
+    ckpt.close()
+  return config, variables, meta, int(step)
+
+
+def run_kind(workdir: str) -> str:
+  """'vqvae', 'prior', 'classifier' (what trained in `workdir`), from its
+  latest checkpoint's metadata."""
+  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  try:
+    meta, _ = ckpt.restore_meta()
+  finally:
+    ckpt.close()
+  return meta.get("kind", "vqvae" if "image_shape" in meta else "unknown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +79,7 @@ class TrainedVQVAE:
 
   def _jit(self, method, prepare, finish):
     def fn(variables, x):
-      with kernels.scope(self.kernels, inference=True):
+      with kernel_choice.scope(self.kernels, inference=True):
         return finish(self.model.apply(variables, prepare(x), method=method))
     compiled = jax.jit(fn)
     return lambda x: compiled(self.variables, x)
@@ -74,25 +100,20 @@ class TrainedVQVAE:
 
 
 def restore_vqvae(workdir: str, step: int | None = None,
-                  kernels_name: str = "auto") -> TrainedVQVAE:
+                  kernels: str = "auto") -> TrainedVQVAE:
   """Loads a stage-1 run (latest checkpoint unless `step`) from its folder."""
-  config = checkpoint.read_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, create=False)
-  try:
-    variables, meta, step = ckpt.restore_variables(step)
-  finally:
-    ckpt.close()
+  config, variables, meta, step = read_run(workdir, step)
   if "image_shape" not in meta:
     raise checkpoint.CheckpointError(
         f"{workdir!r} is not a VQ-VAE run (its checkpoint has no image_shape); "
         "point --config.vqvae_workdir at a train_vqvae.py workdir.")
   image_shape = tuple(meta["image_shape"])
-  kernels.resolve(kernels_name)  # Fail early on a bad name.
+  kernel_choice.resolve(kernels)  # Fail early on a bad name.
   return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
                       config=config,
                       model=build.vqvae(config, image_shape[-1]),
                       variables=variables, image_shape=image_shape,
-                      kernels=kernels_name)
+                      kernels=kernels)
 
 
 def link_of(vqvae: TrainedVQVAE) -> dict:
@@ -148,12 +169,7 @@ def restore_prior(workdir: str, vqvae_workdir: str | None = None,
                   step: int | None = None) -> TrainedPrior:
   """Loads a stage-2 run and the VQ-VAE its checkpoint links to (or
   `vqvae_workdir`, which must then produce the same kind of codes)."""
-  config = checkpoint.read_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, create=False)
-  try:
-    variables, meta, step = ckpt.restore_variables(step)
-  finally:
-    ckpt.close()
+  config, variables, meta, step = read_run(workdir, step)
   if meta.get("kind") != "prior":
     raise checkpoint.CheckpointError(
         f"{workdir!r} is not a prior run (train_prior.py); pass the --workdir "

@@ -48,7 +48,7 @@ class VQVAETask:
         jax.random.PRNGKey(config.seed), 2)
 
   def checkpoint_meta(self) -> dict:
-    return {"image_shape": list(self.train_data.shape),
+    return {"kind": "vqvae", "image_shape": list(self.train_data.shape),
             "data_variance": self.data_variance}
 
   def check_resume(self, meta: dict) -> None:

@@ -1,0 +1,180 @@
+"""How good are a run's images, in numbers: `evaluate.py`'s module.
+
+A small classifier (`vqjax.models.classifier`) is trained once per dataset on
+its training split, by the shared training loop, and cached under
+`$VQJAX_CACHE_DIR/classifiers/` (default `~/.cache/vqjax/classifiers/`).
+For a set of images, its penultimate features give the Fréchet distance to
+the test split (FID on this classifier) and its class probabilities the
+Inception-score analogue and the predicted-class histogram
+(`vqjax.metrics`). `evaluate_run` scores what a run makes: a VQ-VAE run's
+test reconstructions; a prior run's samples, its VQ-VAE's decodings of
+uniformly random codes and test reconstructions; and, as the floor, real
+training images against the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqjax import checkpoint, data, generate, metrics, runs
+from vqjax.models.classifier import Classifier
+from vqjax.models.vqvae import to_float
+from vqjax.train import classifier as classifier_lib
+
+_BATCH = 500
+
+
+def classifier_dir(data_config: ml_collections.ConfigDict) -> str:
+  """Where the classifier of a dataset (name and image size) is cached."""
+  root = os.environ.get("VQJAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "vqjax")
+  name = data_config.name.replace(":", "_").replace("/", "_")
+  size = data_config.get("image_size", 0) or "native"
+  return os.path.join(root, "classifiers", f"{name}-{size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """A trained classifier and the statistics of the test split's features."""
+  model: Classifier
+  variables: dict
+  test_mean: np.ndarray
+  test_cov: np.ndarray
+  test_accuracy: float
+
+  @functools.cached_property
+  def _outputs(self):
+    fn = jax.jit(lambda v, x: self.model.apply(v, to_float(x),
+                                               return_features=True))
+    return lambda x: fn(self.variables, x)
+
+  def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 `[N, H, W, C]` -> (class probabilities `[N, K]`, features
+    `[N, D]`)."""
+    probs, features = [], []
+    for start in range(0, len(images), _BATCH):
+      logits, feats = self._outputs(jnp.asarray(images[start:start + _BATCH]))
+      probs.append(np.asarray(jax.nn.softmax(logits)))
+      features.append(np.asarray(feats))
+    return np.concatenate(probs), np.concatenate(features)
+
+  def score(self, images: np.ndarray) -> dict:
+    """FID to the test split, Inception-score analogue, class histogram."""
+    probs, features = self.outputs(images)
+    mean, cov = metrics.feature_statistics(features)
+    return {"fid": metrics.frechet_distance(mean, cov, self.test_mean,
+                                            self.test_cov),
+            "inception_score": metrics.inception_score(probs),
+            "class_histogram": [round(float(f), 4) for f in
+                                metrics.class_histogram(probs)],
+            "num_images": int(len(images))}
+
+
+def scorer_for(data_config: ml_collections.ConfigDict,
+               num_steps: int | None = None) -> Scorer:
+  """The cached classifier of a dataset (trained first if there is none)."""
+  workdir = classifier_dir(data_config)
+  config = classifier_lib.default_config(data_config)
+  if num_steps is not None:
+    config.train.num_steps = config.eval.every = num_steps
+    config.checkpoint.every = num_steps
+  ckpt = checkpoint.Checkpointer(workdir, create=True)
+  trained = ckpt.latest_step()
+  ckpt.close()
+  if trained is None:
+    print(f"Training the evaluation classifier for {data_config.name!r} "
+          f"({config.train.num_steps} steps; cached in {workdir}) ...",
+          flush=True)
+    classifier_lib.train_and_evaluate(config, workdir)
+  config, variables, meta, _ = runs.read_run(workdir)
+  model = classifier_lib.build(config, meta["num_classes"])
+  test = data.load(data_config, "test")
+  scorer = Scorer(model, {"params": variables["params"]}, np.zeros(0),
+                  np.zeros(0), 0.0)
+  images, labels = _all(test)
+  probs, features = scorer.outputs(images)
+  mean, cov = metrics.feature_statistics(features)
+  accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+  return dataclasses.replace(scorer, test_mean=mean, test_cov=cov,
+                             test_accuracy=accuracy)
+
+
+def _all(source) -> tuple[np.ndarray, np.ndarray]:
+  batch = source.batch(np.arange(len(source)))
+  return batch["image"], batch["label"]
+
+
+def _subset(source, num: int, seed: int) -> np.ndarray:
+  picks = np.sort(np.random.default_rng(seed).choice(
+      len(source), min(num, len(source)), replace=False))
+  return source.batch(picks)["image"]
+
+
+def _in_chunks(fn, num: int, chunk: int = 500) -> np.ndarray:
+  return np.concatenate([fn(start, min(chunk, num - start))
+                         for start in range(0, num, chunk)])
+
+
+def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
+                 seed: int = 0, classifier_steps: int | None = None) -> dict:
+  """Scores what the run in `workdir` makes; see the module docstring.
+
+  Returns:
+    `{"classifier": {...}, "sets": {name: score}}`; each score as
+    `Scorer.score` gives it.
+  """
+  kind = runs.run_kind(workdir)
+  key = jax.random.PRNGKey(seed)
+  sets = {}
+  if kind == "prior":
+    prior = runs.restore_prior(workdir)
+    data_config, vqvae = prior.config.data, prior.vqvae
+    keys = jax.random.split(key, -(-num // 500) + 1)
+    sets[f"prior samples (T={temperature:g})"] = _in_chunks(
+        lambda start, n: generate.prior_samples(
+            prior, keys[start // 500], n, temperature)[0], num)
+    if vqvae is not None:
+      sets["random codes"] = _in_chunks(
+          lambda start, n: generate.random_codes(
+              prior, keys[-1 - start // 500], n)[0], num)
+  elif kind == "vqvae":
+    vqvae = runs.restore_vqvae(workdir)
+    data_config = vqvae.config.data
+  else:
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} is neither a VQ-VAE nor a prior run; pass the --workdir "
+        "of a train_vqvae.py or train_prior.py run.")
+  scorer = scorer_for(data_config, classifier_steps)
+  test = data.load(data_config, "test")
+  if vqvae is not None:
+    originals = _subset(test, num, seed)
+    sets["test reconstructions"] = _in_chunks(
+        lambda start, n: np.asarray(vqvae.decode(vqvae.encode(
+            originals[start:start + n]))), len(originals))
+  sets["train images (floor)"] = _subset(data.load(data_config, "train"),
+                                         num, seed)
+  sets["test images"] = _subset(test, num, seed)
+  return {"classifier": {"dataset": data_config.name,
+                         "test_accuracy": scorer.test_accuracy,
+                         "cache": classifier_dir(data_config)},
+          "sets": {name: scorer.score(images) for name, images in sets.items()}}
+
+
+def format_report(report: dict) -> str:
+  """The numbers of `evaluate_run` as a small table."""
+  c = report["classifier"]
+  lines = [f"classifier on {c['dataset']}: test accuracy "
+           f"{100 * c['test_accuracy']:.2f}% ({c['cache']})",
+           f"{'images':<28}{'FID':>10}{'IS':>8}  predicted classes (%)"]
+  for name, score in report["sets"].items():
+    histogram = " ".join(f"{100 * f:.0f}" for f in score["class_histogram"])
+    lines.append(f"{name:<28}{score['fid']:>10.3f}"
+                 f"{score['inception_score']:>8.3f}  {histogram}")
+  return "\n".join(lines)
