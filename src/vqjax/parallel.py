@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import jax_utils
 
 from vqjax.configs import ConfigError
 
@@ -50,8 +49,22 @@ def round_up_to_devices(batch_size: int) -> int:
 
 
 def replicate(tree: Any) -> Any:
-  """Copies a pytree onto every local device: leaves gain a leading [D] axis."""
-  return jax_utils.replicate(tree)
+  """Copies a pytree onto every local device: leaves gain a leading [D] axis.
+
+  Placed as `pmap` places its outputs (sharded over a mesh whose axis is
+  `AXIS`), so the first step compiles the same program as every later one.
+  """
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(devices), (AXIS,)),
+      jax.sharding.PartitionSpec(AXIS))
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape),
+                          sharding)
+
+  return jax.tree_util.tree_map(put, tree)
 
 
 def unreplicate(tree: Any) -> Any:

@@ -45,7 +45,7 @@ class ClassifierTask:
     del meta
 
   def create_train_state(self, rng, batch) -> TrainState:
-    params = self.model.init(rng, to_float(jnp.asarray(batch["image"])))
+    params = jax.jit(self.model.init)(rng, to_float(jnp.asarray(batch["image"])))
     return TrainState.create(apply_fn=self.model.apply,
                              params=params["params"],
                              tx=make_optimizer(self.config))

@@ -141,7 +141,7 @@ class PriorTask:
 
   def create_train_state(self, rng, batch) -> TrainState:
     x = jnp.asarray(batch["image"], jnp.int32)
-    variables = self.model.init(rng, x, self._labels(batch))
+    variables = jax.jit(self.model.init)(rng, x, self._labels(batch))
     return TrainState.create(apply_fn=self.model.apply,
                              params=variables["params"],
                              tx=make_optimizer(self.config))

@@ -60,7 +60,7 @@ class VQVAETask:
       return model.apply(*args, **kwargs)
 
   def create_train_state(self, rng, batch) -> TrainState:
-    variables = self.host_model.init({"params": rng},
+    variables = jax.jit(self.host_model.init)({"params": rng},
                                      to_float(jnp.asarray(batch["image"])))
     params, model_state = split_variables(variables)
     return TrainState.create(apply_fn=self.model.apply, params=params,
