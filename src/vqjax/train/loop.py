@@ -1,4 +1,4 @@
-"""The training loop shared by stage 1 and stage 2.
+"""The training loop shared by every trainer (stage 1, stage 2, the classifier).
 
 A `Task` says what to train (state, pure steps, data, pictures); this loop does
 the rest the same way for every model: the Grain input pipeline, `pmap`,
