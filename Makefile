@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(VQJAX_DATA_DIR),$(VQJAX_DATA_DIR),$(abspath ../shared/data))
 RUNS ?= runs/demo
-# The prior trains 800 steps in the demo (its config's 2000 for the README figures)
-# to keep the whole demo short (measured: 13 min 56 s on 2 CPU cores).
+# Both stages train their configs' full 2000 steps: evaluate.py measured the
+# demo prior's samples at FID 69 after 800 steps and 31 after 2400 (README).
 DEMO_VQVAE_FLAGS ?=
-DEMO_PRIOR_FLAGS ?= --config.train.num_steps=800 --config.eval.every=400
+DEMO_PRIOR_FLAGS ?=
 DEMO_EVAL_FLAGS ?=
 
 .PHONY: install test demo benchmark clean
