@@ -1,0 +1,48 @@
+"""Every shipped config and variant loads and describes a buildable model."""
+
+import pytest
+
+from conftest import load_config
+from vqjax import kernels
+from vqjax.models import build
+
+VQVAE_CONFIGS = [("mnist_vqvae", ""), ("mnist_vqvae", "tiny"),
+                 ("cifar10_vqvae", "")]
+PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
+                 ("mnist_prior", "tiny"), ("mnist_pixelcnn", ""),
+                 ("mnist_pixelcnn", "conditional"), ("mnist_pixelcnn", "cpu"),
+                 ("cifar10_pixelcnn", ""), ("cifar10_pixelcnn", "conditional")]
+
+
+@pytest.mark.parametrize("name,variant", VQVAE_CONFIGS)
+def test_vqvae_configs_build(name, variant):
+  config = load_config(name, variant)
+  model = build.vqvae(config, out_channels=3)
+  assert model.num_codes == config.quantizer.num_codes
+  assert kernels.resolve(config.model.kernels) in ("xla", "xla_cpu")
+  assert config.train.batch_size > 0 and config.eval.batch_size > 0
+
+
+@pytest.mark.parametrize("name,variant", PRIOR_CONFIGS)
+def test_prior_configs_build(name, variant):
+  config = load_config(name, variant)
+  model = build.pixelcnn(config, num_values=256, num_channels=1,
+                         num_classes=10)
+  assert model.features == config.model.features
+  assert (model.num_classes == 10) == config.model.conditional
+
+
+@pytest.mark.parametrize("name", ["mnist_vqvae", "mnist_prior",
+                                  "mnist_pixelcnn"])
+def test_unknown_variant_is_an_error(name):
+  with pytest.raises(ValueError, match="Unknown variant"):
+    load_config(name, "no_such_variant")
+
+
+def test_bad_dtype_and_kernels_are_one_clear_error():
+  config = load_config("mnist_vqvae", "tiny")
+  config.model.dtype = "float16"
+  with pytest.raises(ValueError, match="model.dtype='float16' is not one of"):
+    build.vqvae(config, out_channels=1)
+  with pytest.raises(ValueError, match="model.kernels='gpu' is not one of"):
+    kernels.resolve("gpu")
