@@ -31,17 +31,13 @@ def init_distributed(coordinator_address: str = "", num_processes: int = 0,
   import jax  # pylint: disable=g-import-not-at-top
   given = {"coordinator_address": bool(coordinator_address),
            "num_processes": num_processes > 0, "process_id": process_id >= 0}
-  explicit = {k: v for k, v in (("coordinator_address", coordinator_address),
-                                ("num_processes", num_processes),
-                                ("process_id", process_id)) if given[k]}
-  if explicit:
-    missing = {"coordinator_address", "num_processes", "process_id"} - set(
-        explicit)
-    if missing:
+  if any(given.values()):
+    if not all(given.values()):
+      missing = ", ".join(f"--{name}" for name, ok in given.items() if not ok)
       raise ConfigError(
           "A multi-host launch needs --coordinator_address, --num_processes "
-          f"and --process_id together; missing: --{', --'.join(sorted(missing))}.")
-    jax.distributed.initialize(**explicit)
+          f"and --process_id together; missing: {missing}.")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
       "VQJAX_DISTRIBUTED"):
     jax.distributed.initialize()

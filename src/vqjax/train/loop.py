@@ -125,8 +125,10 @@ def train_and_evaluate(make_task: Callable[[], Task],
 
   ckpt, start_step, meta = open_run(task, workdir)
   options = read_options(config)
+  # One-off reads (the example batch, the fixed picture batches): no threads.
   example = next(data.train_batches(task.train_data, config.train.batch_size,
-                                    config.seed, **options))
+                                    config.seed, read_threads=0,
+                                    prefetch_batches=0))
   state = task.create_train_state(jax.random.PRNGKey(config.seed),
                                   {k: v[:1] for k, v in example.items()})
   if start_step:
@@ -153,7 +155,8 @@ def train_and_evaluate(make_task: Callable[[], Task],
   ckpt_every = config.checkpoint.every
   fixed = {"train": example,
            "test": next(data.eval_batches(task.test_data,
-                                          config.train.batch_size, **options))}
+                                          config.train.batch_size,
+                                          read_threads=0, prefetch_batches=0))}
   eval_metrics: dict[str, float] = {}
   pending, window_start, window_steps = [], time.perf_counter(), 0
 
