@@ -7,7 +7,11 @@ from vqjax import kernels
 from vqjax.models import build
 
 VQVAE_CONFIGS = [("mnist_vqvae", ""), ("mnist_vqvae", "tiny"),
-                 ("cifar10_vqvae", "")]
+                 ("cifar10_vqvae", ""), ("mnist_vqvae2", ""),
+                 ("mnist_vqvae2", "tiny"), ("cifar10_vqvae2", ""),
+                 ("cifar10_vqvae2", "16"), ("mnist_vae", ""),
+                 ("mnist_vae", "ae"), ("mnist_vae", "tiny"),
+                 ("cifar10_vae", ""), ("cifar10_vae", "ae")]
 PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
                  ("mnist_prior", "tiny"), ("mnist_pixelcnn", ""),
                  ("mnist_pixelcnn", "conditional"), ("mnist_pixelcnn", "cpu"),
@@ -17,8 +21,12 @@ PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
 @pytest.mark.parametrize("name,variant", VQVAE_CONFIGS)
 def test_vqvae_configs_build(name, variant):
   config = load_config(name, variant)
-  model = build.vqvae(config, out_channels=3)
-  assert model.num_codes == config.quantizer.num_codes
+  model = build.autoencoder(config, out_channels=3)
+  expected = {"vq": ("top", "bottom") if config.model.top_downsamples
+              else ("",), "ae": (), "vae": ()}[config.model.bottleneck]
+  assert model.levels == expected
+  if expected:
+    assert model.num_codes == config.quantizer.num_codes
   assert kernels.resolve(config.model.kernels) in ("xla", "xla_cpu")
   assert config.train.batch_size > 0 and config.eval.batch_size > 0
 
@@ -33,7 +41,8 @@ def test_prior_configs_build(name, variant):
 
 
 @pytest.mark.parametrize("name", ["mnist_vqvae", "mnist_prior",
-                                  "mnist_pixelcnn"])
+                                  "mnist_pixelcnn", "mnist_vae",
+                                  "mnist_vqvae2", "cifar10_vqvae2"])
 def test_unknown_variant_is_an_error(name):
   with pytest.raises(ValueError, match="Unknown variant"):
     load_config(name, "no_such_variant")
@@ -43,6 +52,17 @@ def test_bad_dtype_and_kernels_are_one_clear_error():
   config = load_config("mnist_vqvae", "tiny")
   config.model.dtype = "float16"
   with pytest.raises(ValueError, match="model.dtype='float16' is not one of"):
-    build.vqvae(config, out_channels=1)
+    build.autoencoder(config, out_channels=1)
   with pytest.raises(ValueError, match="model.kernels='gpu' is not one of"):
     kernels.resolve("gpu")
+
+
+def test_bad_bottleneck_is_one_clear_error():
+  config = load_config("mnist_vqvae", "tiny")
+  config.model.bottleneck = "gumbel"
+  with pytest.raises(ValueError, match="model.bottleneck='gumbel' is not"):
+    build.autoencoder(config, out_channels=1)
+  config.model.bottleneck = "vae"
+  config.model.top_downsamples = 1
+  with pytest.raises(ValueError, match="needs model.bottleneck='vq'"):
+    build.autoencoder(config, out_channels=1)

@@ -37,10 +37,12 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.data.prefetch_batches = 8  # batches read ahead of the training step
 
   config.model = ml_collections.ConfigDict()
+  config.model.bottleneck = "vq"    # vq | ae | vae (same encoder, decoder, latent grid)
   config.model.num_hiddens = 128
   config.model.num_residual_hiddens = 32
   config.model.num_residual_layers = 2
-  config.model.num_downsamples = 2  # 28x28 -> 7x7 codes
+  config.model.num_downsamples = 2  # 28x28 -> 7x7 codes (VQ-VAE-2: the bottom grid)
+  config.model.top_downsamples = 0  # > 0: VQ-VAE-2, a top grid 2^this coarser
   config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
   config.model.dtype = "float32"    # float32 | bfloat16 activations; params, quantizer in float32
 
@@ -66,6 +68,25 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.checkpoint.every = 500
   config.checkpoint.max_to_keep = 3
 
+  return config
+
+
+def tiny_vqvae(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a stage-1 config to seconds of training (the `tiny` variants
+  the tests run): 16 hiddens, K=32, D=8, batch 16, 6 steps."""
+  config.model.num_hiddens = 16
+  config.model.num_residual_hiddens = 8
+  config.model.num_residual_layers = 1
+  config.quantizer.num_codes = 32
+  config.quantizer.code_dim = 8
+  config.train.batch_size = 16
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.eval.every = 6
+  config.eval.batch_size = 2000
+  config.eval.num_images = 8
+  config.checkpoint.every = 3
+  config.progress_bar = False
   return config
 
 

@@ -67,36 +67,76 @@ class TrainedVQVAE:
   kernels: str = "auto"
 
   @property
-  def code_shape(self) -> tuple[int, int]:
-    """`(h, w)`, the grid of codes of one image."""
+  def levels(self) -> tuple[str, ...]:
+    """Its code grids: `("",)` for a VQ-VAE, `("top", "bottom")` for a
+    VQ-VAE-2, `()` for an AE or VAE."""
+    return tuple(self.model.levels)
+
+  @property
+  def code_shapes(self) -> dict[str, tuple[int, int]]:
+    """`(h, w)` of each level's grid of codes for one image."""
     h, w, _ = self.image_shape
-    factor = 2 ** self.config.model.num_downsamples
-    return h // factor, w // factor
+    m = self.config.model
+    factors = {"": m.num_downsamples, "bottom": m.num_downsamples,
+               "top": m.num_downsamples + m.top_downsamples}
+    return {level: (h // 2 ** factors[level], w // 2 ** factors[level])
+            for level in self.levels}
+
+  @property
+  def code_shape(self) -> tuple[int, int]:
+    """`(h, w)`, the grid of codes of one image (one-level VQ-VAE)."""
+    return self.code_shapes[self._single_level()]
 
   @property
   def num_codes(self) -> int:
+    """K, the codebook size (of each level)."""
     return self.config.quantizer.num_codes
 
+  def _single_level(self) -> str:
+    if self.levels != ("",):
+      raise ValueError(
+          f"The run in {self.workdir} has code levels {self.levels}; use "
+          "encode_levels / decode_levels (and a prior's --config.level).")
+    return ""
+
   def _jit(self, method, prepare, finish):
-    def fn(variables, x):
+    def fn(variables, *x):
       with kernel_choice.scope(self.kernels, inference=True):
-        return finish(self.model.apply(variables, prepare(x), method=method))
+        variables = {k: v for k, v in variables.items() if k != "likelihood"}
+        return finish(self.model.apply(variables, *prepare(*x), method=method))
     compiled = jax.jit(fn)
-    return lambda x: compiled(self.variables, x)
+    return lambda *x: compiled(self.variables, *x)
 
   @functools.cached_property
-  def encode(self):
-    """uint8 images `[B, H, W, C]` -> codes `[B, h, w]` int32 (jitted)."""
-    return self._jit(VQVAE.encode_to_indices, to_float, lambda codes: codes)
+  def encode_levels(self):
+    """uint8 images `[B, H, W, C]` -> `{level: codes [B, h, w] int32}`
+    (jitted)."""
+    single = self.levels == ("",)
+    return self._jit(
+        type(self.model).encode_to_indices, lambda x: (to_float(x),),
+        (lambda codes: {"": codes}) if single else (lambda codes: codes))
 
   @functools.cached_property
-  def decode(self):
-    """Codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (jitted)."""
-    return self._jit(VQVAE.decode_indices, lambda codes: codes, to_uint8)
+  def decode_levels(self):
+    """`{level: codes [B, h, w]}` -> uint8 images `[B, H, W, C]` (jitted)."""
+    levels = self.levels
+    decode = self._jit(type(self.model).decode_indices, lambda *c: c, to_uint8)
+    return lambda codes: decode(*(codes[level] for level in levels))
 
-  def codebook(self) -> np.ndarray:
-    """`[K, D]`."""
-    return np.asarray(self.model.apply(self.variables, method=VQVAE.codebook))
+  def encode(self, images: np.ndarray) -> jax.Array:
+    """uint8 images `[B, H, W, C]` -> codes `[B, h, w]` int32 (one level)."""
+    return self.encode_levels(images)[self._single_level()]
+
+  def decode(self, codes: np.ndarray) -> jax.Array:
+    """Codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (one level)."""
+    return self.decode_levels({self._single_level(): codes})
+
+  def codebook(self, level: str = "") -> np.ndarray:
+    """`[K, D]` of `level`."""
+    method = type(self.model).codebook
+    args = (level,) if level else ()
+    variables = {k: v for k, v in self.variables.items() if k != "likelihood"}
+    return np.asarray(self.model.apply(variables, *args, method=method))
 
 
 def restore_vqvae(workdir: str, step: int | None = None,
@@ -111,7 +151,7 @@ def restore_vqvae(workdir: str, step: int | None = None,
   kernel_choice.resolve(kernels)  # Fail early on a bad name.
   return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
                       config=config,
-                      model=build.vqvae(config, image_shape[-1]),
+                      model=build.autoencoder(config, image_shape[-1]),
                       variables=variables, image_shape=image_shape,
                       kernels=kernels)
 

@@ -104,6 +104,8 @@ class VQVAE(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
+  levels = ("",)  # One code grid, unnamed in metrics.
+
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.num_downsamples,
@@ -141,12 +143,12 @@ class VQVAE(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """`x: [B, H, W, C]` float -> dict with `reconstruction` [B, H, W, C],
-    `z_e` [B, h, w, D] and the quantizer's outputs (see `VectorQuantizer`)."""
+    `z_e` [B, h, w, D], the quantizer's outputs (see `VectorQuantizer`) and
+    `levels = {"": <those>}` (the shape a VQ-VAE-2's levels take)."""
     z_e = self.encode(x)
-    out = self.quantizer(z_e, train=train)
-    out["z_e"] = z_e
-    out["reconstruction"] = self.decode(out["quantized"])
-    return out
+    level = dict(self.quantizer(z_e, train=train), z_e=z_e)
+    return dict(level, reconstruction=self.decode(level["quantized"]),
+                levels={"": level})
 
 
 def to_float(images: jax.Array) -> jax.Array:

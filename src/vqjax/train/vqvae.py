@@ -1,8 +1,10 @@
-"""Stage 1: what the training loop needs to train a VQ-VAE."""
+"""Stage 1: what the training loop needs to train a VQ-VAE, a VQ-VAE-2, or
+their AE / VAE baselines."""
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import jax
@@ -11,9 +13,10 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from vqjax import data, images, kernels, quantizer
+from vqjax import data, images, kernels, likelihood, quantizer
 from vqjax.configs import ConfigError
 from vqjax.models import build
+from vqjax.models.autoencoder import SAMPLE_RNG, Autoencoder
 from vqjax.models.vector_quantizer import EMA_COLLECTION, RESTART_RNG
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
@@ -26,109 +29,204 @@ def split_variables(variables) -> tuple[dict, dict]:
   return params, variables
 
 
+LIKELIHOOD = "likelihood"  # model_state entry of the decoder's variance [C]
+VARIANCE_DECAY = 0.99
+
+
+def level_key(name: str, level: str) -> str:
+  """Metric name of one level: 'perplexity', or 'perplexity_top'."""
+  return f"{name}_{level}" if level else name
+
+
 class VQVAETask:
-  """Trains a VQ-VAE: loss = MSE / Var(train data) + quantizer loss."""
-  progress_keys = ("loss", "nmse", "perplexity")
+  """Trains a stage-1 model (`config.model.bottleneck`): a VQ-VAE or VQ-VAE-2
+  (loss = MSE / Var(train data) + quantizer losses), an autoencoder (MSE /
+  Var only) or a Gaussian VAE (negative ELBO per dimension).
+
+  Every model is scored by the same discrete likelihood
+  (`vqjax.likelihood`): a Gaussian over the 256 values of each pixel around
+  the reconstruction, whose per-channel variance is an exponential moving
+  average of the training batches' squared errors (kept in `model_state`).
+  The VAE's training loss uses that likelihood with the batch's own variance.
+  """
+  progress_keys = ("loss", "nmse", "perplexity", "perplexity_bottom",
+                   "bits_per_dim")
 
   def __init__(self, config: ml_collections.ConfigDict):
-    if config.quantizer.dead_code_threshold > 0 and not config.quantizer.use_ema:
+    q = config.quantizer
+    bottleneck = config.model.bottleneck
+    if bottleneck == "vq" and q.dead_code_threshold > 0 and not q.use_ema:
       raise ConfigError("quantizer.dead_code_threshold > 0 needs the EMA "
                        "codebook; set --config.quantizer.use_ema=True or "
                        "--config.quantizer.dead_code_threshold=0.")
+    if q.kmeans_init and (bottleneck != "vq" or config.model.top_downsamples):
+      raise ConfigError("quantizer.kmeans_init works for the one-level VQ-VAE "
+                        "only; set --config.quantizer.kmeans_init=False.")
     self.config = config
     self.train_data = data.load(config.data, "train")
     self.test_data = data.load(config.data, "test")
     self.data_variance = float(data.data_variance(self.train_data))
     channels = self.train_data.shape[-1]
-    self.model = build.vqvae(config, channels, axis_name=AXIS)
-    self.host_model = build.vqvae(config, channels)
+    self.model = build.autoencoder(config, channels, axis_name=AXIS)
+    self.host_model = build.autoencoder(config, channels)
+    self.variational = bottleneck == "vae"
+    self.levels = self.model.levels
     self.kernels = kernels.resolve(config.model.kernels)
-    self.has_initialize = config.quantizer.kmeans_init
+    self.has_initialize = q.kmeans_init
     self._rng, self._kmeans_rng = jax.random.split(
         jax.random.PRNGKey(config.seed), 2)
+    self.num_dims = math.prod(self.train_data.shape)
 
   def checkpoint_meta(self) -> dict:
     return {"kind": "vqvae", "image_shape": list(self.train_data.shape),
-            "data_variance": self.data_variance}
+            "data_variance": self.data_variance,
+            "bottleneck": self.config.model.bottleneck,
+            "levels": list(self.levels)}
 
   def check_resume(self, meta: dict) -> None:
-    del meta  # A VQ-VAE run depends on no other run.
+    del meta  # A stage-1 run depends on no other run.
 
-  def _apply(self, model: VQVAE, *args, inference: bool = False, **kwargs):
-    """`model.apply`, computed by the kernels `config.model.kernels` picks."""
+  def _apply(self, model, variables, *args, inference: bool = False, **kwargs):
+    """`model.apply`, computed by the kernels `config.model.kernels` picks
+    (the likelihood's variance is not the model's)."""
+    variables = {k: v for k, v in variables.items() if k != LIKELIHOOD}
     with kernels.scope(self.kernels, inference=inference):
-      return model.apply(*args, **kwargs)
+      return model.apply(variables, *args, **kwargs)
+
+  def _rngs(self, step) -> dict:
+    rng = jax.random.fold_in(self._rng, step)
+    return {RESTART_RNG: rng, SAMPLE_RNG: jax.random.fold_in(rng, 1)}
 
   def create_train_state(self, rng, batch) -> TrainState:
-    variables = jax.jit(self.host_model.init)({"params": rng},
-                                     to_float(jnp.asarray(batch["image"])))
+    x = to_float(jnp.asarray(batch["image"]))
+    variables = jax.jit(self.host_model.init)(
+        {"params": rng, SAMPLE_RNG: rng}, x)
     params, model_state = split_variables(variables)
+    channels = x.shape[-1]
+    model_state[LIKELIHOOD] = {"variance": jnp.full(
+        (channels,), self.data_variance, jnp.float32)}
     return TrainState.create(apply_fn=self.model.apply, params=params,
                              tx=make_optimizer(self.config),
                              model_state=model_state)
 
   def _losses(self, out: dict, x: jax.Array) -> dict:
-    mse = jnp.mean(jnp.square(out["reconstruction"] - x))
+    squared = jnp.square(out["reconstruction"] - x)
+    mse = jnp.mean(squared)
     nmse = mse / self.data_variance
-    return {"loss": nmse + out["loss"], "mse": mse, "nmse": nmse,
-            "codebook_loss": out["codebook_loss"],
-            "commitment_loss": out["commitment_loss"]}
+    losses = {"mse": mse, "nmse": nmse,
+              "channel_mse": jnp.mean(squared, axis=(0, 1, 2))}
+    if self.variational:
+      # Negative ELBO per dimension, in nats: the decoder's variance is the
+      # batch's own squared error (calibrated decoder), so the KL is weighed
+      # against a likelihood that is sharp as the reconstructions get good.
+      variance = lax.stop_gradient(
+          lax.pmean(losses["channel_mse"], AXIS))
+      log_p = likelihood.discretized_gaussian_log_prob(
+          x, out["reconstruction"], variance)
+      kl = jnp.mean(out["kl"]) / self.num_dims
+      losses.update(loss=kl - jnp.mean(log_p), kl_per_dim=kl)
+      return losses
+    losses["loss"] = nmse + out["loss"]
+    for level, q in out["levels"].items():
+      losses[level_key("codebook_loss", level)] = q["codebook_loss"]
+      losses[level_key("commitment_loss", level)] = q["commitment_loss"]
+    return losses
 
   def train_step(self, state: TrainState, batch: dict):
     """One optimisation step on one device's shard of the global batch."""
     x = to_float(batch["image"])
-    rng = jax.random.fold_in(self._rng, state.step)
-    mutable = list(state.model_state)
+    model_state = {k: v for k, v in state.model_state.items()
+                   if k != LIKELIHOOD}
+    mutable = list(model_state)
 
     def loss_fn(params):
-      out, new_model_state = self._apply(
-          self.model, {"params": params, **state.model_state}, x, train=True,
-          mutable=mutable, rngs={RESTART_RNG: rng})
+      variables = {"params": params, **model_state}
+      if mutable:
+        out, new_model_state = self._apply(
+            self.model, variables, x, train=True, mutable=mutable,
+            rngs=self._rngs(state.step))
+      else:
+        out = self._apply(self.model, variables, x, train=True,
+                          rngs=self._rngs(state.step))
+        new_model_state = {}
       losses = self._losses(out, x)
       return losses["loss"], (losses, out, new_model_state)
 
     grads, (losses, out, new_model_state) = jax.grad(
         loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
-    state = state.apply_gradients(grads=grads,
-                                  model_state=dict(new_model_state))
+    channel_mse = lax.pmean(losses.pop("channel_mse"), AXIS)
+    variance = state.model_state[LIKELIHOOD]["variance"]
+    new_model_state = dict(new_model_state)
+    new_model_state[LIKELIHOOD] = {"variance": VARIANCE_DECAY * variance
+                                   + (1 - VARIANCE_DECAY) * channel_mse}
+    state = state.apply_gradients(grads=grads, model_state=new_model_state)
     metrics = lax.pmean(losses, AXIS)
-    counts = lax.psum(out["counts"], AXIS)
-    metrics["perplexity"] = quantizer.perplexity(counts)
-    metrics["codes_used"] = quantizer.fraction_used(counts)
-    if "restarted" in out:
-      metrics["codes_restarted"] = out["restarted"]
+    for level, q in out["levels"].items():
+      counts = lax.psum(q["counts"], AXIS)
+      metrics[level_key("perplexity", level)] = quantizer.perplexity(counts)
+      metrics[level_key("codes_used", level)] = quantizer.fraction_used(counts)
+      if "restarted" in q:
+        metrics[level_key("codes_restarted", level)] = q["restarted"]
     return state, metrics
 
   def eval_step(self, state: TrainState, batch: dict) -> dict:
     """Sums over the global batch (padding masked out)."""
     x = to_float(batch["image"])
     mask = batch["mask"]
-    out = self._apply(self.model, state.variables(), x, train=False)
+    out = self._apply(self.model, state.variables(), x, train=False,
+                      rngs={SAMPLE_RNG: jax.random.PRNGKey(0)})
     per_image = jnp.sum(jnp.square(out["reconstruction"] - x), axis=(1, 2, 3))
-    code_mask = jnp.broadcast_to(mask[:, None, None], out["indices"].shape)
+    log_p = likelihood.discretized_gaussian_log_prob(
+        x, out["reconstruction"], state.model_state[LIKELIHOOD]["variance"])
     sums = {
         "squared_error": jnp.sum(per_image * mask),
         "num_values": jnp.sum(mask) * np.prod(x.shape[1:]),
-        "commitment": jnp.sum(mask * jnp.mean(jnp.square(
-            out["z_e"] - lax.stop_gradient(out["quantized"])), axis=(1, 2, 3))),
         "num_images": jnp.sum(mask),
-        "counts": quantizer.code_counts(out["indices"],
-                                        self.config.quantizer.num_codes,
-                                        weights=code_mask),
+        "reconstruction_nats": -jnp.sum(mask * jnp.sum(log_p, (1, 2, 3))),
     }
+    if self.variational:
+      sums["kl_nats"] = jnp.sum(mask * out["kl"])
+    for level, q in out["levels"].items():
+      code_mask = jnp.broadcast_to(mask[:, None, None], q["indices"].shape)
+      sums[level_key("commitment", level)] = jnp.sum(mask * jnp.mean(
+          jnp.square(q["z_e"] - lax.stop_gradient(q["quantized"])),
+          axis=(1, 2, 3)))
+      sums[level_key("counts", level)] = quantizer.code_counts(
+          q["indices"], self.config.quantizer.num_codes, weights=code_mask)
+      sums[level_key("num_codes", level)] = (
+          jnp.sum(mask) * math.prod(q["indices"].shape[1:]))
     return lax.psum(sums, AXIS)
 
   def summarize_eval(self, sums) -> dict[str, float]:
+    """Test metrics; `bits_per_dim` bounds -log2 p(x) per pixel value with
+    the decoder likelihood plus the code cost: log2 K per code (uniform prior
+    over codes; a trained prior lowers it, see `evaluate.py`), the KL for the
+    VAE, nothing for the AE (whose figure is then reconstruction only)."""
+    n = float(sums["num_images"])
     mse = float(sums["squared_error"] / sums["num_values"])
-    return {
-        "mse": mse,
-        "nmse": mse / self.data_variance,
-        "commitment_loss": float(self.config.quantizer.beta * sums["commitment"]
-                                 / sums["num_images"]),
-        "perplexity": float(quantizer.perplexity(sums["counts"])),
-        "codes_used": float(quantizer.fraction_used(sums["counts"])),
-    }
+    reconstruction = float(sums["reconstruction_nats"]) / n
+    code_nats = 0.0
+    metrics = {"mse": mse, "nmse": mse / self.data_variance}
+    if self.variational:
+      code_nats = float(sums["kl_nats"]) / n
+      metrics["kl_bits_per_dim"] = likelihood.bits_per_dim(code_nats,
+                                                           self.num_dims)
+    for level in self.levels:
+      per_image = float(sums[level_key("num_codes", level)]) / n
+      code_nats += per_image * math.log(self.config.quantizer.num_codes)
+      counts = sums[level_key("counts", level)]
+      metrics[level_key("commitment_loss", level)] = float(
+          self.config.quantizer.beta * sums[level_key("commitment", level)] / n)
+      metrics[level_key("perplexity", level)] = float(
+          quantizer.perplexity(counts))
+      metrics[level_key("codes_used", level)] = float(
+          quantizer.fraction_used(counts))
+    metrics["reconstruction_bits_per_dim"] = likelihood.bits_per_dim(
+        reconstruction, self.num_dims)
+    metrics["bits_per_dim"] = likelihood.bits_per_dim(
+        reconstruction + code_nats, self.num_dims)
+    return metrics
 
   def initialize(self, state: TrainState, batch: dict) -> TrainState:
     """k-means codebook from the first global batch (identical on devices)."""
@@ -138,23 +236,34 @@ class VQVAETask:
     centres = quantizer.kmeans(z_e, cfg.num_codes, self._kmeans_rng,
                                cfg.kmeans_iters, axis_name=AXIS)
     if cfg.use_ema:
-      _, model_state = self.model.apply(state.variables(), centres,
-                                        method=VQVAE.set_codebook,
-                                        mutable=[EMA_COLLECTION])
-      return state.replace(model_state=dict(model_state))
+      _, ema = self._apply(self.model, state.variables(), centres,
+                           method=VQVAE.set_codebook, mutable=[EMA_COLLECTION])
+      return state.replace(model_state={**state.model_state, **ema})
     params = jax.tree_util.tree_map(lambda x: x, state.params)
     params["quantizer"]["codebook"] = centres
     return state.replace(params=params)
 
   @functools.cached_property
   def _reconstruct(self):
+    # The VAE's pictures decode the posterior mean.
+    kwargs = {"sample": False} if self.variational else {}
     return jax.jit(lambda variables, x: self._apply(
-        self.host_model, variables, to_float(x),
-        inference=True)["reconstruction"])
+        self.host_model, variables, to_float(x), inference=True,
+        **kwargs)["reconstruction"])
+
+  @functools.cached_property
+  def _decode_prior_samples(self):
+    """The VAE's samples: z ~ N(0, I) on the latent grid, decoded."""
+    def decode(variables, key, latent_shape):
+      z = jax.random.normal(key, latent_shape)
+      return to_uint8(self._apply(self.host_model, variables, z,
+                                  inference=True, method=Autoencoder.decode))
+    return jax.jit(decode, static_argnums=2)
 
   def write_images(self, state: TrainState, batches: dict, step: int,
                    workdir: str) -> list[str]:
-    """PNG grids: images (left) and their reconstructions (right)."""
+    """PNG grids: images (left) and their reconstructions (right); for the
+    VAE also `samples_<step>.png`, decoded draws from its N(0, I) prior."""
     n = self.config.eval.num_images
     paths = []
     for split, batch in batches.items():
@@ -164,9 +273,20 @@ class VQVAETask:
       paths.append(images.save_reconstructions(
           os.path.join(workdir, "images", f"reconstructions_{split}_{step:06d}.png"),
           originals, recon))
+    if self.variational:
+      h, w, _ = self.train_data.shape
+      factor = 2 ** self.config.model.num_downsamples
+      latent_shape = (n, h // factor, w // factor,
+                      self.config.quantizer.code_dim)
+      samples = self._decode_prior_samples(
+          state.variables(), jax.random.PRNGKey(step), latent_shape)
+      paths.append(images.save_grid(
+          os.path.join(workdir, "images", f"samples_{step:06d}.png"),
+          np.asarray(samples)))
     return paths
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Stage 1: trains a VQ-VAE in `workdir`; returns the final test metrics."""
+  """Stage 1: trains `config`'s model in `workdir`; returns the final test
+  metrics."""
   return loop.train_and_evaluate(lambda: VQVAETask(config), config, workdir)

@@ -1,0 +1,128 @@
+"""VQ-VAE-2 (Razavi et al. 2019, "Generating Diverse High-Fidelity Images
+with VQ-VAE-2"), two levels, on the VQ-VAE's encoder and decoder blocks.
+
+  x -> bottom encoder -> b            [B, H / 2^n, W / 2^n, F]   (n = num_downsamples)
+  b -> top encoder -> 1x1 -> VQ_top   [B, h_b / 2^m, w_b / 2^m, D] (m = top_downsamples)
+  z_q_top -> top decoder -> t         [B, h_b, w_b, D]
+  [b, t] -> 1x1 -> VQ_bottom          [B, h_b, w_b, D]
+  [upsample(z_q_top), z_q_bottom] -> decoder -> reconstruction
+
+The top codes carry the global shape; the bottom codes, quantised after
+seeing the decoded top codes, add the detail. Each level has its own
+codebook (its own `VectorQuantizer`, EMA and dead-code restarts included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vqjax.models.vector_quantizer import VectorQuantizer
+from vqjax.models.vqvae import Decoder, Encoder
+
+LEVELS = ("top", "bottom")
+
+
+class VQVAE2(nn.Module):
+  """Two-level VQ-VAE. Fields as `VQVAE`'s, plus `top_downsamples` (m >= 1).
+
+  Images enter as floats in [-0.5, 0.5]; the quantizers, `z_e` of each level
+  and the reconstruction are float32.
+  """
+  num_hiddens: int = 128
+  num_residual_hiddens: int = 32
+  num_residual_layers: int = 2
+  num_downsamples: int = 1
+  top_downsamples: int = 1
+  num_codes: int = 512
+  code_dim: int = 64
+  beta: float = 0.25
+  use_ema: bool = True
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  dead_code_threshold: float = 0.0
+  out_channels: int = 1
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  levels = LEVELS
+
+  def setup(self):
+    blocks = (self.num_hiddens, self.num_residual_hiddens,
+              self.num_residual_layers)
+    quantizer = (self.num_codes, self.code_dim, self.beta, self.use_ema,
+                 self.decay, self.epsilon, self.dead_code_threshold,
+                 self.axis_name)
+    self.bottom_encoder = Encoder(*blocks, self.num_downsamples, self.dtype)
+    self.top_encoder = Encoder(*blocks, self.top_downsamples, self.dtype)
+    self.top_pre_quantization = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
+    self.top_quantizer = VectorQuantizer(*quantizer)
+    self.top_decoder = Decoder(*blocks, self.code_dim, self.top_downsamples,
+                               self.dtype)
+    self.bottom_pre_quantization = nn.Conv(self.code_dim, (1, 1),
+                                           dtype=self.dtype)
+    self.bottom_quantizer = VectorQuantizer(*quantizer)
+    self.upsample_top = [
+        nn.ConvTranspose(self.code_dim, (4, 4), strides=(2, 2),
+                         dtype=self.dtype)
+        for _ in range(self.top_downsamples)]
+    self.decoder = Decoder(*blocks, self.out_channels, self.num_downsamples,
+                           self.dtype)
+
+  def codebook(self, level: str) -> jax.Array:
+    """`[K, D]` of `level` ('top' or 'bottom')."""
+    return self._quantizer(level).codebook()
+
+  def _quantizer(self, level: str) -> VectorQuantizer:
+    return {"top": self.top_quantizer, "bottom": self.bottom_quantizer}[level]
+
+  def _bottom_z_e(self, features: jax.Array, top_q: jax.Array) -> jax.Array:
+    decoded = self.top_decoder(top_q)
+    joined = jnp.concatenate([features, decoded.astype(features.dtype)], -1)
+    return self.bottom_pre_quantization(joined).astype(jnp.float32)
+
+  def decode(self, top_q: jax.Array, bottom_q: jax.Array) -> jax.Array:
+    """`[B, h_t, w_t, D]`, `[B, h_b, w_b, D]` -> images `[B, H, W, C]`."""
+    up = top_q.astype(self.dtype)
+    for i, layer in enumerate(self.upsample_top):
+      up = layer(up)
+      if i < len(self.upsample_top) - 1:
+        up = nn.relu(up)
+    joined = jnp.concatenate([up, bottom_q.astype(self.dtype)], axis=-1)
+    return self.decoder(joined).astype(jnp.float32)
+
+  def encode(self, x: jax.Array, train: bool = False) -> dict[str, dict]:
+    """`[B, H, W, C]` -> per level, its quantizer's outputs and `z_e`."""
+    features = self.bottom_encoder(x)
+    top_z_e = self.top_pre_quantization(
+        self.top_encoder(features)).astype(jnp.float32)
+    top = dict(self.top_quantizer(top_z_e, train=train), z_e=top_z_e)
+    bottom_z_e = self._bottom_z_e(features, top["quantized"])
+    bottom = dict(self.bottom_quantizer(bottom_z_e, train=train),
+                  z_e=bottom_z_e)
+    return {"top": top, "bottom": bottom}
+
+  def encode_to_indices(self, x: jax.Array) -> dict[str, jax.Array]:
+    """`[B, H, W, C]` -> `{"top": [B, h_t, w_t], "bottom": [B, h_b, w_b]}`."""
+    return {name: level["indices"] for name, level in self.encode(x).items()}
+
+  def decode_indices(self, top: jax.Array, bottom: jax.Array) -> jax.Array:
+    """Codes of both levels -> images `[B, H, W, C]` float."""
+    return self.decode(jnp.take(self.codebook("top"), top, axis=0),
+                       jnp.take(self.codebook("bottom"), bottom, axis=0))
+
+  def set_codebook(self, codebooks: dict[str, jax.Array]) -> None:
+    for name, codebook in codebooks.items():
+      self._quantizer(name).set_codebook(codebook)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
+    """`x: [B, H, W, C]` -> dict with `reconstruction` `[B, H, W, C]`, `loss`
+    (both quantizers' trained terms) and `levels`: per level, its
+    quantizer's outputs (see `VectorQuantizer`) and `z_e`."""
+    levels = self.encode(x, train)
+    top, bottom = levels["top"], levels["bottom"]
+    return {"reconstruction": self.decode(top["quantized"], bottom["quantized"]),
+            "loss": top["loss"] + bottom["loss"], "levels": levels}
