@@ -2,10 +2,13 @@
 dataset, an Inception-score analogue and the predicted-class histogram.
 
   python evaluate.py --workdir=runs/prior --num=3000
-  python evaluate.py --workdir=runs/vqvae       # test reconstructions
+  python evaluate.py --workdir=runs/vqvae       # test reconstructions (any stage-1 run)
+  python evaluate.py --workdir=runs/vqvae2_bottom --top_workdir=runs/vqvae2_top
 
 Writes WORKDIR/evaluation.json and prints a table, with the floor (real
-training images against the test split) for scale.
+training images against the test split) for scale, and the test bits/dim
+bound: decoder likelihood plus code cost (uniform codes, the VAE's KL, or the
+prior's NLL for a prior run).
 """
 
 import json
@@ -22,6 +25,8 @@ flags.DEFINE_integer("seed", 0, "Same seed, same samples.")
 flags.DEFINE_integer("classifier_steps", None, "Steps to train the dataset's "
                      "classifier if none is cached (default: 1500, ~3 MNIST "
                      "epochs).")
+flags.DEFINE_string("top_workdir", None, "VQ-VAE-2: the top-level prior run; "
+                    "--workdir is then the bottom-level prior.")
 flags.mark_flag_as_required("workdir")
 flags.register_validator("temperature", lambda t: t > 0,
                          "--temperature must be > 0.")
@@ -31,7 +36,8 @@ FLAGS = flags.FLAGS
 
 def main():
   report = evaluation.evaluate_run(FLAGS.workdir, FLAGS.num, FLAGS.temperature,
-                                   FLAGS.seed, FLAGS.classifier_steps)
+                                   FLAGS.seed, FLAGS.classifier_steps,
+                                   FLAGS.top_workdir)
   path = os.path.join(FLAGS.workdir, "evaluation.json")
   with open(path, "w") as f:
     json.dump(report, f, indent=2)

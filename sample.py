@@ -1,6 +1,7 @@
 """Sample from a trained prior and write PNG grids and the raw samples (.npy).
 
   python sample.py --workdir=runs/prior --num=64 --temperature=1.0
+  python sample.py --workdir=runs/vqvae2_bottom --top_workdir=runs/vqvae2_top
 
 The prior's checkpoint says which VQ-VAE it was trained on; that run is
 restored and decodes the sampled codes.
@@ -12,6 +13,7 @@ import time
 from absl import flags
 
 from vqjax import cli, generate, runs
+from vqjax.configs import ConfigError
 
 flags.DEFINE_string("workdir", None, "A train_prior.py run folder.")
 flags.DEFINE_integer("num", 64, "Samples per grid.")
@@ -23,6 +25,12 @@ flags.DEFINE_float("near_fraction", 0.25,
 flags.DEFINE_string("outdir", None, "Where to write (default: WORKDIR/samples).")
 flags.DEFINE_string("vqvae_workdir", None,
                     "Decode with this stage-1 run instead of the linked one.")
+flags.DEFINE_string("top_workdir", None,
+                    "VQ-VAE-2: the top-level prior run; --workdir is then the "
+                    "bottom-level prior, and samples are drawn top, then "
+                    "bottom given top.")
+flags.DEFINE_integer("per_image", 4, "VQ-VAE-2: new bottom codes drawn per "
+                     "test image in the same-top-codes grid.")
 flags.mark_flag_as_required("workdir")
 flags.register_validator("temperature", lambda t: t > 0,
                          "--temperature must be > 0.")
@@ -34,8 +42,20 @@ def main():
   prior = runs.restore_prior(FLAGS.workdir, FLAGS.vqvae_workdir)
   outdir = FLAGS.outdir or os.path.join(FLAGS.workdir, "samples")
   start = time.perf_counter()
-  paths = generate.write_all(prior, outdir, FLAGS.num, FLAGS.temperature,
-                             FLAGS.seed, FLAGS.method, FLAGS.near_fraction)
+  if prior.level or FLAGS.top_workdir:
+    if prior.level != "bottom" or not FLAGS.top_workdir:
+      raise ConfigError(
+          "A VQ-VAE-2 is sampled from both priors: pass the bottom-level prior "
+          "as --workdir and the top-level prior as --top_workdir (got a "
+          f"{prior.level or 'one-level'} prior as --workdir and "
+          f"--top_workdir={FLAGS.top_workdir}).")
+    top = runs.restore_prior(FLAGS.top_workdir, FLAGS.vqvae_workdir)
+    paths = generate.write_hierarchical(top, prior, outdir, FLAGS.num,
+                                        FLAGS.temperature, FLAGS.seed,
+                                        FLAGS.method, FLAGS.per_image)
+  else:
+    paths = generate.write_all(prior, outdir, FLAGS.num, FLAGS.temperature,
+                               FLAGS.seed, FLAGS.method, FLAGS.near_fraction)
   print(f"Wrote {len(paths)} grids in {time.perf_counter() - start:.1f} s:")
   for path in paths:
     print(f"  {path}")

@@ -100,6 +100,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.seed = 0
   config.progress_bar = True
   config.vqvae_workdir = ""        # stage-1 run folder; "" = model raw pixels
+  config.level = ""                # a VQ-VAE-2 run's codes to model: top | bottom
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"
@@ -114,6 +115,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.kernel_size = 5
   config.model.head_features = 128
   config.model.conditional = False  # class-conditional on the dataset labels
+  config.model.cond_features = 64   # bottom level: width of the top-code conditioning map
   config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
 
   config.train = train_group(batch_size=64, learning_rate=1e-3,

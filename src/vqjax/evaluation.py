@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 
 import jax
@@ -24,6 +25,8 @@ import ml_collections
 import numpy as np
 
 from vqjax import checkpoint, data, generate, metrics, runs
+from vqjax import logging as vqjax_logging
+from vqjax.configs import ConfigError
 from vqjax.models.classifier import Classifier
 from vqjax.models.vqvae import to_float
 from vqjax.train import classifier as classifier_lib
@@ -122,24 +125,69 @@ def _in_chunks(fn, num: int, chunk: int = 500) -> np.ndarray:
                          for start in range(0, num, chunk)])
 
 
+def likelihood_bound(vqvae: runs.TrainedVQVAE,
+                     priors: tuple[runs.TrainedPrior, ...] = ()) -> dict:
+  """Bits per dimension of the test split, from the runs' logged test
+  metrics: the decoder likelihood alone, plus the code cost under uniform
+  codes (log2 K a code) and, given the priors of every level, under them.
+
+  Returns `{}` if the stage-1 run logged no `reconstruction_bits_per_dim` at
+  its checkpoint's step (runs from before vqjax logged it).
+  """
+  logged = vqjax_logging.read_test_metrics(vqvae.workdir, vqvae.step)
+  if not logged or "reconstruction_bits_per_dim" not in logged:
+    return {}
+  bound = {"reconstruction only": logged["reconstruction_bits_per_dim"],
+           "stage 1 (uniform codes, or the VAE's KL)": logged["bits_per_dim"]}
+  if priors and len(priors) == len(vqvae.levels):
+    dims = math.prod(vqvae.image_shape)
+    nats = 0.0
+    for prior in priors:
+      prior_metrics = vqjax_logging.read_test_metrics(prior.workdir, prior.step)
+      if not prior_metrics:
+        return bound
+      nats += prior_metrics["nll_nats"] * math.prod(prior.sample_shape)
+    bound["with the PixelCNN prior" + ("s" if len(priors) > 1 else "")] = (
+        logged["reconstruction_bits_per_dim"] + nats / (dims * math.log(2.0)))
+  return bound
+
+
 def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
-                 seed: int = 0, classifier_steps: int | None = None) -> dict:
+                 seed: int = 0, classifier_steps: int | None = None,
+                 top_workdir: str | None = None) -> dict:
   """Scores what the run in `workdir` makes; see the module docstring.
 
+  A VQ-VAE-2's samples need both priors: `workdir` is the bottom-level prior
+  and `top_workdir` the top-level one.
+
   Returns:
-    `{"classifier": {...}, "sets": {name: score}}`; each score as
-    `Scorer.score` gives it.
+    `{"classifier": {...}, "sets": {name: score}, "bits_per_dim": {...}}`;
+    each score as `Scorer.score` gives it.
   """
   kind = runs.run_kind(workdir)
   key = jax.random.PRNGKey(seed)
+  keys = jax.random.split(key, -(-num // 500) + 1)
   sets = {}
+  priors = ()
   if kind == "prior":
     prior = runs.restore_prior(workdir)
     data_config, vqvae = prior.config.data, prior.vqvae
-    keys = jax.random.split(key, -(-num // 500) + 1)
+    if prior.level or top_workdir:
+      if prior.level != "bottom" or not top_workdir:
+        raise ConfigError(
+            "A VQ-VAE-2 is evaluated with both priors: pass the bottom-level "
+            "prior as --workdir and the top-level prior as --top_workdir.")
+      top = runs.restore_prior(top_workdir)
+      generate.check_pair(top, prior)
+      priors = (top, prior)
+      draw = lambda k, n: generate.hierarchical_samples(  # noqa: E731
+          top, prior, k, n, temperature)[0]
+    else:
+      priors = (prior,)
+      draw = lambda k, n: generate.prior_samples(  # noqa: E731
+          prior, k, n, temperature)[0]
     sets[f"prior samples (T={temperature:g})"] = _in_chunks(
-        lambda start, n: generate.prior_samples(
-            prior, keys[start // 500], n, temperature)[0], num)
+        lambda start, n: draw(keys[start // 500], n), num)
     if vqvae is not None:
       sets["random codes"] = _in_chunks(
           lambda start, n: generate.random_codes(
@@ -147,24 +195,31 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
   elif kind == "vqvae":
     vqvae = runs.restore_vqvae(workdir)
     data_config = vqvae.config.data
+    if vqvae.config.model.bottleneck == "vae":
+      sets["VAE samples (z ~ N(0, I))"] = _in_chunks(
+          lambda start, n: vqvae.sample_latents(keys[start // 500], n), num)
   else:
     raise checkpoint.CheckpointError(
-        f"{workdir!r} is neither a VQ-VAE nor a prior run; pass the --workdir "
+        f"{workdir!r} is neither a stage-1 nor a prior run; pass the --workdir "
         "of a train_vqvae.py or train_prior.py run.")
   scorer = scorer_for(data_config, classifier_steps)
   test = data.load(data_config, "test")
   if vqvae is not None:
     originals = _subset(test, num, seed)
     sets["test reconstructions"] = _in_chunks(
-        lambda start, n: np.asarray(vqvae.decode(vqvae.encode(
-            originals[start:start + n]))), len(originals))
+        lambda start, n: np.asarray(vqvae.reconstruct(
+            originals[start:start + n])), len(originals))
   sets["train images (floor)"] = _subset(data.load(data_config, "train"),
                                          num, seed)
   sets["test images"] = _subset(test, num, seed)
-  return {"classifier": {"dataset": data_config.name,
-                         "test_accuracy": scorer.test_accuracy,
-                         "cache": classifier_dir(data_config)},
-          "sets": {name: scorer.score(images) for name, images in sets.items()}}
+  report = {"classifier": {"dataset": data_config.name,
+                           "test_accuracy": scorer.test_accuracy,
+                           "cache": classifier_dir(data_config)},
+            "sets": {name: scorer.score(images)
+                     for name, images in sets.items()}}
+  if vqvae is not None:
+    report["bits_per_dim"] = likelihood_bound(vqvae, priors)
+  return report
 
 
 def format_report(report: dict) -> str:
@@ -177,4 +232,8 @@ def format_report(report: dict) -> str:
     histogram = " ".join(f"{100 * f:.0f}" for f in score["class_histogram"])
     lines.append(f"{name:<28}{score['fid']:>10.3f}"
                  f"{score['inception_score']:>8.3f}  {histogram}")
+  bound = report.get("bits_per_dim")
+  if bound:
+    lines.append("test bits/dim (discretised-Gaussian decoder + code cost):")
+    lines.extend(f"  {name:<44}{value:.4f}" for name, value in bound.items())
   return "\n".join(lines)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax import data, images, quantizer, sampling
+from vqjax.configs import ConfigError
 from vqjax.runs import TrainedPrior, samples_to_images
 
 
@@ -39,11 +40,16 @@ def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
 
 
 def random_codes(prior: TrainedPrior, key: jax.Array, num: int):
-  """Uniformly random codes, decoded: what the VQ-VAE makes without a prior."""
-  h, w, _ = prior.sample_shape
-  codes = np.asarray(jax.random.randint(key, (num, h, w), 0,
-                                        prior.vqvae.num_codes), np.int32)
-  return np.asarray(prior.vqvae.decode(codes)), codes
+  """Uniformly random codes (on every level of a VQ-VAE-2), decoded: what
+  the VQ-VAE makes without a prior. Returns (images, codes: `[N, h, w]` for
+  one level, `{level: [N, h, w]}` for two)."""
+  vqvae = prior.vqvae
+  keys = jax.random.split(key, len(vqvae.levels))
+  codes = {level: np.asarray(jax.random.randint(
+      k, (num,) + vqvae.code_shapes[level], 0, vqvae.num_codes), np.int32)
+           for k, level in zip(keys, vqvae.levels)}
+  pictures = np.asarray(vqvae.decode_levels(codes))
+  return pictures, codes.get("", codes)
 
 
 def nearest_neighbours(codebook: np.ndarray, num_neighbours: int) -> np.ndarray:
@@ -110,4 +116,102 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
     written.append(images.save_image(
         stem("codes_near_test") + ".png",
         images.side_by_side(images.side_by_side(grids[0], grids[1]), grids[2])))
+  return written
+
+
+# VQ-VAE-2: a top prior and a bottom prior conditioned on the top codes.
+
+
+def check_pair(top: TrainedPrior, bottom: TrainedPrior) -> None:
+  """Raises unless `top` and `bottom` are the two priors of one VQ-VAE-2."""
+  if bottom.level != "bottom":
+    raise ConfigError(f"{bottom.workdir} is not a bottom-level prior (its level "
+                     f"is {bottom.level!r}); pass the bottom prior as "
+                     "--workdir and the top prior as --top_workdir.")
+  if top.level != "top":
+    raise ConfigError(f"{top.workdir} is not a top-level prior (its level is "
+                     f"{top.level!r}); pass a --config.level=top run as "
+                     "--top_workdir.")
+  links = [(p.vqvae.workdir, p.vqvae.step) for p in (top, bottom)]
+  if links[0] != links[1]:
+    raise ConfigError(f"The top prior was trained on {links[0][0]}@{links[0][1]}"
+                     f" but the bottom prior on {links[1][0]}@{links[1][1]}; "
+                     "train both on the same VQ-VAE-2 run.")
+
+
+def sample_bottom(bottom: TrainedPrior, key: jax.Array, top_codes: np.ndarray,
+                  temperature: float = 1.0, method: str = "cached"
+                  ) -> np.ndarray:
+  """Bottom codes `[N, h_b, w_b]` drawn given top codes `[N, h_t, w_t]`."""
+  samples = sampling.sample(
+      bottom.model, bottom.variables, key,
+      (len(top_codes),) + bottom.sample_shape, temperature,
+      cond=bottom.condition(top_codes), method=method)
+  return np.asarray(samples)[..., 0]
+
+
+def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
+                         key: jax.Array, num: int, temperature: float = 1.0,
+                         method: str = "cached"):
+  """Multi-stage generation: top codes from the top prior, bottom codes from
+  the bottom prior given them, both decoded by the VQ-VAE-2.
+
+  Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t],
+  "bottom": [N, h_b, w_b]}`).
+  """
+  k_top, k_bottom = jax.random.split(key)
+  top_codes = np.asarray(sampling.sample(
+      top.model, top.variables, k_top, (num,) + top.sample_shape, temperature,
+      method=method))[..., 0]
+  codes = {"top": top_codes,
+           "bottom": sample_bottom(bottom, k_bottom, top_codes, temperature,
+                                   method)}
+  return np.asarray(bottom.vqvae.decode_levels(codes)), codes
+
+
+def same_top_new_bottom(bottom: TrainedPrior, test_images: np.ndarray,
+                        key: jax.Array, per_image: int = 4,
+                        temperature: float = 1.0, method: str = "cached"):
+  """Keeps the top codes of test images and redraws only the bottom codes.
+
+  Returns (uint8 `[(2 + per_image) * N, H, W, C]`: the test images, their
+  reconstructions, then `per_image` rows of decodings with the same top codes
+  and new bottom codes; the new bottom codes `[per_image, N, h_b, w_b]`).
+  """
+  vqvae = bottom.vqvae
+  codes = vqvae.encode_levels(test_images)
+  top = np.asarray(codes["top"])
+  tiled = np.tile(top, (per_image, 1, 1))
+  new_bottom = sample_bottom(bottom, key, tiled, temperature, method)
+  rows = [test_images, np.asarray(vqvae.decode_levels(codes)),
+          np.asarray(vqvae.decode_levels({"top": tiled, "bottom": new_bottom}))]
+  return (np.concatenate(rows),
+          new_bottom.reshape((per_image,) + top.shape[:1] + new_bottom.shape[1:]))
+
+
+def write_hierarchical(top: TrainedPrior, bottom: TrainedPrior, outdir: str,
+                       num: int = 64, temperature: float = 1.0, seed: int = 0,
+                       method: str = "cached", per_image: int = 4
+                       ) -> list[str]:
+  """Writes `hierarchical_samples_step<S>.png/.npz` and
+  `same_top_new_bottom_step<S>.png/.npy` (S: the bottom prior's step)."""
+  check_pair(top, bottom)
+  source = data.load(bottom.config.data, "test")
+  test = source.batch(np.arange(min(8, len(source))))["image"]
+  os.makedirs(outdir, exist_ok=True)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+
+  def stem(mode):
+    return os.path.join(outdir, f"{mode}_step{bottom.step:06d}")
+
+  pictures, codes = hierarchical_samples(top, bottom, keys[0], num,
+                                         temperature, method)
+  np.savez(stem("hierarchical_samples") + ".npz", **codes)
+  written = [images.save_grid(stem("hierarchical_samples") + ".png", pictures,
+                              max(1, math.ceil(math.sqrt(num))))]
+  pictures, new_bottom = same_top_new_bottom(bottom, test, keys[1], per_image,
+                                             temperature, method)
+  np.save(stem("same_top_new_bottom") + ".npy", new_bottom)
+  written.append(images.save_grid(stem("same_top_new_bottom") + ".png",
+                                  pictures, len(test)))
   return written

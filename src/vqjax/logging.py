@@ -46,3 +46,16 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def read_test_metrics(workdir: str, step: int) -> dict[str, float] | None:
+  """The test metrics a run logged at `step` (the last such record), or None."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  found = None
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        if record.get("split") == "test" and record.get("step") == step:
+          found = record
+  return found

@@ -22,6 +22,8 @@ import numpy as np
 from vqjax import checkpoint
 from vqjax import kernels as kernel_choice
 from vqjax.models import build
+from vqjax.models.autoencoder import Autoencoder
+from vqjax.models.conditioning import TopCodeConditioner
 from vqjax.models.pixelcnn import GatedPixelCNN
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 
@@ -99,11 +101,12 @@ class TrainedVQVAE:
           "encode_levels / decode_levels (and a prior's --config.level).")
     return ""
 
-  def _jit(self, method, prepare, finish):
+  def _jit(self, method, prepare, finish, **kwargs):
     def fn(variables, *x):
       with kernel_choice.scope(self.kernels, inference=True):
         variables = {k: v for k, v in variables.items() if k != "likelihood"}
-        return finish(self.model.apply(variables, *prepare(*x), method=method))
+        return finish(self.model.apply(variables, *prepare(*x), method=method,
+                                       **kwargs))
     compiled = jax.jit(fn)
     return lambda *x: compiled(self.variables, *x)
 
@@ -130,6 +133,28 @@ class TrainedVQVAE:
   def decode(self, codes: np.ndarray) -> jax.Array:
     """Codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (one level)."""
     return self.decode_levels({self._single_level(): codes})
+
+  @functools.cached_property
+  def reconstruct(self):
+    """uint8 images `[B, H, W, C]` -> their reconstructions, uint8 (jitted;
+    a VAE decodes its posterior mean)."""
+    kwargs = {"sample": False} if isinstance(self.model, Autoencoder) else {}
+    return self._jit(None, lambda x: (to_float(x),),
+                     lambda out: to_uint8(out["reconstruction"]), **kwargs)
+
+  def sample_latents(self, key: jax.Array, num: int) -> np.ndarray:
+    """A VAE's samples: `num` latents from N(0, I), decoded to uint8 images."""
+    if not (isinstance(self.model, Autoencoder) and self.model.variational):
+      raise ValueError(f"The run in {self.workdir} is not a VAE.")
+    h, w, _ = self.image_shape
+    factor = 2 ** self.config.model.num_downsamples
+    z = jax.random.normal(key, (num, h // factor, w // factor,
+                                self.model.code_dim))
+    return np.asarray(self._decode_latents(z))
+
+  @functools.cached_property
+  def _decode_latents(self):
+    return self._jit(Autoencoder.decode, lambda z: (z,), to_uint8)
 
   def codebook(self, level: str = "") -> np.ndarray:
     """`[K, D]` of `level`."""
@@ -164,8 +189,9 @@ def link_of(vqvae: TrainedVQVAE) -> dict:
 
 def check_link(meta: dict, vqvae: TrainedVQVAE, prior_workdir: str) -> None:
   """Raises unless `vqvae` produces the codes the prior was trained on."""
+  level = meta.get("level") or ""
   expected = (meta["num_values"], tuple(meta["grid_shape"][:2]))
-  found = (vqvae.num_codes, tuple(vqvae.code_shape))
+  found = (vqvae.num_codes, tuple(vqvae.code_shapes.get(level, (0, 0))))
   if expected != found:
     raise checkpoint.CheckpointError(
         f"The prior in {prior_workdir!r} was trained on codes with K="
@@ -194,6 +220,24 @@ class TrainedPrior:
   variables: dict
   meta: dict
   vqvae: TrainedVQVAE | None
+  conditioner: TopCodeConditioner | None = None
+  conditioner_variables: dict | None = None
+
+  @property
+  def level(self) -> str:
+    """Which of a VQ-VAE-2's code grids it models ('top' or 'bottom'); ''
+    for a one-level VQ-VAE's codes or raw pixels."""
+    return self.meta.get("level") or ""
+
+  def condition(self, top_codes: np.ndarray) -> jax.Array:
+    """A bottom prior's conditioning map `[B, h_b, w_b, F_c]` for top codes
+    `[B, h_t, w_t]`."""
+    return self._condition(self.conditioner_variables,
+                           jax.numpy.asarray(top_codes, jax.numpy.int32))
+
+  @functools.cached_property
+  def _condition(self):
+    return jax.jit(self.conditioner.apply)
 
   @property
   def sample_shape(self) -> tuple[int, int, int]:
@@ -220,9 +264,17 @@ def restore_prior(workdir: str, vqvae_workdir: str | None = None,
     vqvae = restore_vqvae(vqvae_workdir or link["workdir"],
                           None if vqvae_workdir else link["step"])
     check_link(meta, vqvae, workdir)
+  params = variables["params"]
+  conditioner = conditioner_variables = None
+  if meta.get("level") == "bottom":
+    conditioner = build.top_code_conditioner(
+        config, meta["num_values"], vqvae.config.model.top_downsamples)
+    conditioner_variables = {"params": params["conditioner"]}
+    params = params["pixelcnn"]
   model = build.pixelcnn(config, meta["num_values"], meta["grid_shape"][-1],
-                         meta.get("num_classes") or 0)
+                         meta.get("num_classes") or 0,
+                         spatially_conditioned=conditioner is not None)
   return TrainedPrior(workdir=os.path.abspath(workdir), step=int(step),
-                      config=config, model=model,
-                      variables={"params": variables["params"]}, meta=meta,
-                      vqvae=vqvae)
+                      config=config, model=model, variables={"params": params},
+                      meta=meta, vqvae=vqvae, conditioner=conditioner,
+                      conditioner_variables=conditioner_variables)

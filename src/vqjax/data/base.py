@@ -37,11 +37,14 @@ class Dataset:
       trains on VQ-VAE codes through the same pipeline).
     labels: [N] int32; all zeros when the source has no labels.
     num_classes: number of label classes; 0 when the source has no labels.
+    conditions: optional `[N, ...]` per-example conditioning, batched as
+      'cond' (a VQ-VAE-2's top codes, for the bottom codes' prior).
   """
   name: str
   images: np.ndarray
   labels: np.ndarray
   num_classes: int
+  conditions: np.ndarray | None = None
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype not in (np.uint8, np.int16,
@@ -69,12 +72,16 @@ class Dataset:
     return int(self.images.shape[0])
 
   def __getitem__(self, index: int) -> dict:
-    return {"image": self.images[index], "label": self.labels[index]}
+    return {k: v[0] for k, v in self.batch(np.asarray([index])).items()}
 
   def batch(self, indices: Sequence[int] | np.ndarray) -> dict:
-    """Gathers rows: {'image': [n, H, W, C], 'label': [n] int32}."""
+    """Gathers rows: {'image': [n, H, W, C], 'label': [n] int32} (and
+    'cond': [n, ...] when the dataset has conditions)."""
     indices = np.asarray(indices, np.int64)
-    return {"image": self.images[indices], "label": self.labels[indices]}
+    rows = {"image": self.images[indices], "label": self.labels[indices]}
+    if self.conditions is not None:
+      rows["cond"] = self.conditions[indices]
+    return rows
 
 
 class LazySource:

@@ -7,6 +7,7 @@ import ml_collections
 
 from vqjax.configs import ConfigError
 from vqjax.models.autoencoder import Autoencoder
+from vqjax.models.conditioning import TopCodeConditioner
 from vqjax.models.pixelcnn import GatedPixelCNN
 from vqjax.models.vqvae import VQVAE
 from vqjax.models.vqvae2 import VQVAE2
@@ -60,13 +61,26 @@ def autoencoder(config: ml_collections.ConfigDict, out_channels: int,
 
 
 def pixelcnn(config: ml_collections.ConfigDict, num_values: int,
-             num_channels: int, num_classes: int) -> GatedPixelCNN:
+             num_channels: int, num_classes: int,
+             spatially_conditioned: bool = False) -> GatedPixelCNN:
   """The GatedPixelCNN of `config.model` over `num_values` values per channel
-  (class-conditional on `num_classes` labels if `config.model.conditional`)."""
+  (class-conditional on `num_classes` labels if `config.model.conditional`;
+  on a `model.cond_features`-wide map if `spatially_conditioned`)."""
   m = config.model
   return GatedPixelCNN(
       num_values=num_values, num_channels=num_channels, features=m.features,
       num_layers=m.num_layers, kernel_size=m.kernel_size,
       head_features=m.head_features,
       num_classes=num_classes if m.conditional else 0,
+      cond_features=m.cond_features if spatially_conditioned else 0,
       dtype=compute_dtype(m.dtype))
+
+
+def top_code_conditioner(config: ml_collections.ConfigDict, num_codes: int,
+                         upsamples: int) -> TopCodeConditioner:
+  """The bottom prior's conditioning on a VQ-VAE-2's top codes."""
+  if config.model.cond_features <= 0:
+    raise ConfigError("A bottom-level prior is conditioned on the top codes; "
+                      "set --config.model.cond_features to a positive width.")
+  return TopCodeConditioner(num_codes, config.model.cond_features, upsamples,
+                            dtype=compute_dtype(config.model.dtype))

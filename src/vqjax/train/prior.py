@@ -39,40 +39,65 @@ def check_image_shape(vqvae: TrainedVQVAE, dataset: data.Dataset) -> None:
         f"{vqvae.image_shape}; use the same --config.data as stage 1.")
 
 
-def encode_split(vqvae: TrainedVQVAE, dataset: data.Dataset,
+def encode_split(vqvae: TrainedVQVAE, dataset: data.Dataset, level: str = "",
                  batch_size: int = 1000) -> data.Dataset:
-  """Images `[N, H, W, C]` -> a Dataset of codes `[N, h, w, 1]` (int16/32)."""
+  """Images `[N, H, W, C]` -> a Dataset of `level`'s codes `[N, h, w, 1]`
+  (int16/32); for a VQ-VAE-2's bottom level its `conditions` are the top
+  codes `[N, h_t, w_t]`."""
   check_image_shape(vqvae, dataset)
   dtype = np.int16 if vqvae.num_codes <= np.iinfo(np.int16).max else np.int32
-  codes = np.empty((len(dataset),) + vqvae.code_shape + (1,), dtype)
+  shapes = vqvae.code_shapes
+  codes = np.empty((len(dataset),) + shapes[level] + (1,), dtype)
+  top = (np.empty((len(dataset),) + shapes["top"], dtype)
+         if level == "bottom" else None)
   labels = np.empty((len(dataset),), np.int32)
   for start in range(0, len(codes), batch_size):
     chunk = dataset.batch(np.arange(start, min(start + batch_size, len(codes))))
-    codes[start:start + len(chunk["image"]), ..., 0] = np.asarray(
-        vqvae.encode(chunk["image"]))
-    labels[start:start + len(chunk["label"])] = chunk["label"]
+    end = start + len(chunk["image"])
+    encoded = vqvae.encode_levels(chunk["image"])
+    codes[start:end, ..., 0] = np.asarray(encoded[level])
+    if top is not None:
+      top[start:end] = np.asarray(encoded["top"])
+    labels[start:end] = chunk["label"]
   return data.Dataset(name=f"{dataset.name}:codes", images=codes,
-                      labels=labels, num_classes=dataset.num_classes)
+                      labels=labels, num_classes=dataset.num_classes,
+                      conditions=top)
 
 
 def cached_codes(vqvae: TrainedVQVAE, dataset: data.Dataset, split: str,
-                 workdir: str) -> data.Dataset:
-  """`encode_split`, cached in `workdir` for this VQ-VAE run and step."""
+                 workdir: str, level: str = "") -> data.Dataset:
+  """`encode_split`, cached in `workdir` for this VQ-VAE run, step and level."""
   path = os.path.join(workdir, CODES_FILE.format(split=split))
-  key = f"{vqvae.workdir}@{vqvae.step}"
+  key = f"{vqvae.workdir}@{vqvae.step}:{level}"
   if os.path.exists(path):
     with np.load(path) as cached:
       if (str(cached["vqvae"]) == key and "labels" in cached and
           len(cached["codes"]) == len(dataset)):
         return data.Dataset(name=f"{dataset.name}:codes", images=cached["codes"],
                             labels=cached["labels"],
-                            num_classes=dataset.num_classes)
-  encoded = encode_split(vqvae, dataset)
+                            num_classes=dataset.num_classes,
+                            conditions=cached["top"] if "top" in cached
+                            else None)
+  encoded = encode_split(vqvae, dataset, level)
   os.makedirs(workdir, exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, codes=encoded.images, labels=encoded.labels, vqvae=key)
+  extra = {} if encoded.conditions is None else {"top": encoded.conditions}
+  np.savez(tmp, codes=encoded.images, labels=encoded.labels, vqvae=key,
+           **extra)
   os.replace(tmp, path)
   return encoded
+
+
+def check_level(level: str, vqvae: TrainedVQVAE) -> None:
+  """Raises unless `level` names one of the VQ-VAE's code grids."""
+  if not vqvae.levels:
+    raise ConfigError(f"The run in {vqvae.workdir} is an AE/VAE (no codes); "
+                      "point --config.vqvae_workdir at a VQ-VAE run.")
+  if level not in vqvae.levels:
+    choices = " or ".join(f"--config.level={l}" for l in vqvae.levels)
+    raise ConfigError(
+        f"--config.level={level!r} does not name a code grid of the VQ-VAE in "
+        f"{vqvae.workdir}; set {choices or '--config.level=' + repr('')}.")
 
 
 class PriorTask:
@@ -87,6 +112,7 @@ class PriorTask:
     self.config = config
     self.workdir = workdir
     self.vqvae: TrainedVQVAE | None = None
+    self.level = config.level
     if datasets is not None:
       self.train_data, self.test_data, self.num_values = datasets
       self._images = {}
@@ -99,21 +125,33 @@ class PriorTask:
       if config.vqvae_workdir:
         self.vqvae = runs.restore_vqvae(config.vqvae_workdir)
         check_image_shape(self.vqvae, self._images["train"])
-        self.sample_shape = self.vqvae.code_shape + (1,)
+        check_level(self.level, self.vqvae)
+        self.sample_shape = self.vqvae.code_shapes[self.level] + (1,)
         self.num_values = self.vqvae.num_codes
+      elif self.level:
+        raise ConfigError("--config.level needs --config.vqvae_workdir (a "
+                          "VQ-VAE-2 run); leave it empty for raw pixels.")
     labelled = self._images["train"] if self._images else self.train_data
     self.num_classes = labelled.num_classes
     if config.model.conditional and self.num_classes == 0:
       raise ConfigError(f"--config.model.conditional=True needs labels, but "
                         f"{config.data.name!r} has none.")
+    self.conditioner = None
+    if self.level == "bottom":
+      m = self.vqvae.config.model
+      self.conditioner = build.top_code_conditioner(
+          config, self.vqvae.num_codes, m.top_downsamples)
     self.model = build.pixelcnn(config, self.num_values,
-                                self.sample_shape[-1], self.num_classes)
+                                self.sample_shape[-1], self.num_classes,
+                                spatially_conditioned=self.conditioner
+                                is not None)
     self.has_initialize = False
 
   def _split(self, split: str) -> data.Dataset:
     if self.vqvae is None:
       return self._images[split]
-    return cached_codes(self.vqvae, self._images[split], split, self.workdir)
+    return cached_codes(self.vqvae, self._images[split], split, self.workdir,
+                        self.level)
 
   @functools.cached_property
   def train_data(self) -> data.Dataset:
@@ -134,22 +172,42 @@ class PriorTask:
             "grid_shape": list(self.sample_shape),
             "num_classes": self.num_classes if self.config.model.conditional
             else 0,
-            "vqvae": runs.link_of(self.vqvae) if self.vqvae else None}
+            "vqvae": runs.link_of(self.vqvae) if self.vqvae else None,
+            "level": self.level}
 
   def _labels(self, batch):
     return batch["label"] if self.config.model.conditional else None
 
   def create_train_state(self, rng, batch) -> TrainState:
     x = jnp.asarray(batch["image"], jnp.int32)
-    variables = jax.jit(self.model.init)(rng, x, self._labels(batch))
-    return TrainState.create(apply_fn=self.model.apply,
-                             params=variables["params"],
+    if self.conditioner is None:
+      params = jax.jit(self.model.init)(rng, x, self._labels(batch))["params"]
+    else:
+      rng, cond_rng = jax.random.split(rng)
+      cond_params = jax.jit(self.conditioner.init)(
+          cond_rng, jnp.asarray(batch["cond"], jnp.int32))["params"]
+      cond = self.conditioner.apply({"params": cond_params},
+                                    jnp.asarray(batch["cond"], jnp.int32))
+      params = {"pixelcnn": jax.jit(self.model.init)(
+          rng, x, self._labels(batch), cond)["params"],
+                "conditioner": cond_params}
+    return TrainState.create(apply_fn=self.model.apply, params=params,
                              tx=make_optimizer(self.config))
+
+  def _logits(self, params, x, batch) -> jax.Array:
+    """`[B, h, w, C, V]`; a bottom prior reads the top codes `batch['cond']`
+    through its conditioner (params `{"pixelcnn", "conditioner"}`)."""
+    if self.conditioner is None:
+      return self.model.apply({"params": params}, x, self._labels(batch))
+    cond = self.conditioner.apply({"params": params["conditioner"]},
+                                  jnp.asarray(batch["cond"], jnp.int32))
+    return self.model.apply({"params": params["pixelcnn"]}, x,
+                            self._labels(batch), cond)
 
   def _nll(self, params, batch) -> jax.Array:
     """Per-example NLL in nats, summed over positions and channels: [B]."""
     x = jnp.asarray(batch["image"], jnp.int32)
-    logits = self.model.apply({"params": params}, x, self._labels(batch))
+    logits = self._logits(params, x, batch)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
@@ -177,16 +235,30 @@ class PriorTask:
 
   def write_images(self, state: TrainState, batches: dict, step: int,
                    workdir: str) -> list[str]:
+    """Samples decoded to a grid. A VQ-VAE-2's top prior writes none (its
+    codes need bottom codes to decode); a bottom prior's samples are drawn
+    given, and decoded with, the top codes of the first test images."""
     n = self.config.eval.num_samples
-    if not n:
+    if not n or self.level == "top":
       return []
+    params, cond, top = state.params, None, None
+    if self.conditioner is not None:
+      top = self.test_data.conditions[:n]
+      n = len(top)
+      params = state.params["pixelcnn"]
+      cond = self.conditioner.apply({"params": state.params["conditioner"]},
+                                    jnp.asarray(top, jnp.int32))
     labels = (jnp.arange(n, dtype=jnp.int32) % self.num_classes
               if self.config.model.conditional else None)
-    samples = sampling.sample(
-        self.model, {"params": state.params}, jax.random.PRNGKey(step),
+    samples = np.asarray(sampling.sample(
+        self.model, {"params": params}, jax.random.PRNGKey(step),
         (n,) + self.sample_shape, self.config.sample.temperature, labels=labels,
-        method=self.config.sample.method)
-    pictures = runs.samples_to_images(np.asarray(samples), self.vqvae)
+        cond=cond, method=self.config.sample.method))
+    if top is not None:
+      pictures = np.asarray(self.vqvae.decode_levels(
+          {"top": top, "bottom": samples[..., 0]}))
+    else:
+      pictures = runs.samples_to_images(samples, self.vqvae)
     return [images.save_grid(os.path.join(
         workdir, "images", f"samples_{step:06d}.png"), pictures)]
 
