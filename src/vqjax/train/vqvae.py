@@ -29,6 +29,11 @@ def split_variables(variables) -> tuple[dict, dict]:
   return params, variables
 
 
+def clip_to_pixels(images: jax.Array) -> jax.Array:
+  """Reconstructions clipped to the pixel range [-0.5, 0.5]."""
+  return jnp.clip(images, -0.5, 0.5)
+
+
 LIKELIHOOD = "likelihood"  # model_state entry of the decoder's variance [C]
 VARIANCE_DECAY = 0.99
 
@@ -110,10 +115,14 @@ class VQVAETask:
                              model_state=model_state)
 
   def _losses(self, out: dict, x: jax.Array) -> dict:
-    squared = jnp.square(out["reconstruction"] - x)
-    mse = jnp.mean(squared)
-    nmse = mse / self.data_variance
-    losses = {"mse": mse, "nmse": nmse,
+    """The training loss and what is logged of it. `mse` and `nmse` are
+    measured on the picture (the reconstruction clipped to the pixel range),
+    and so is the likelihood's variance: a decoder may push a black or white
+    pixel's mean beyond the range, where the end bin only grows likelier."""
+    mse = jnp.mean(jnp.square(out["reconstruction"] - x))
+    squared = jnp.square(clip_to_pixels(out["reconstruction"]) - x)
+    losses = {"mse": jnp.mean(squared),
+              "nmse": jnp.mean(squared) / self.data_variance,
               "channel_mse": jnp.mean(squared, axis=(0, 1, 2))}
     if self.variational:
       # Negative ELBO per dimension, in nats: the decoder's variance is the
@@ -126,7 +135,7 @@ class VQVAETask:
       kl = jnp.mean(out["kl"]) / self.num_dims
       losses.update(loss=kl - jnp.mean(log_p), kl_per_dim=kl)
       return losses
-    losses["loss"] = nmse + out["loss"]
+    losses["loss"] = mse / self.data_variance + out["loss"]
     for level, q in out["levels"].items():
       losses[level_key("codebook_loss", level)] = q["codebook_loss"]
       losses[level_key("commitment_loss", level)] = q["commitment_loss"]
@@ -176,7 +185,8 @@ class VQVAETask:
     mask = batch["mask"]
     out = self._apply(self.model, state.variables(), x, train=False,
                       rngs={SAMPLE_RNG: jax.random.PRNGKey(0)})
-    per_image = jnp.sum(jnp.square(out["reconstruction"] - x), axis=(1, 2, 3))
+    per_image = jnp.sum(jnp.square(clip_to_pixels(out["reconstruction"]) - x),
+                        axis=(1, 2, 3))
     log_p = likelihood.discretized_gaussian_log_prob(
         x, out["reconstruction"], state.model_state[LIKELIHOOD]["variance"])
     sums = {

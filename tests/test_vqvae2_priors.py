@@ -1,0 +1,143 @@
+"""VQ-VAE-2's priors: the bottom prior is causal over the bottom grid and
+reads the top codes; both priors train on one stage-1 run and sample in two
+stages."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config, run_python
+from vqjax import evaluation, runs
+from vqjax.configs import ConfigError
+from vqjax.models.conditioning import TopCodeConditioner
+from vqjax.models.pixelcnn import GatedPixelCNN
+from vqjax.train import prior as prior_lib
+from vqjax.train import vqvae as vqvae_lib
+
+K, TOP, BOTTOM = 6, 3, 6  # codes; top grid 3x3 -> bottom grid 6x6
+
+
+def _bottom_prior(seed=0):
+  conditioner = TopCodeConditioner(num_codes=K, features=4, upsamples=1)
+  pixelcnn = GatedPixelCNN(num_values=K, features=8, num_layers=3,
+                           kernel_size=3, head_features=8, cond_features=4)
+  top = jax.random.randint(jax.random.PRNGKey(seed), (1, TOP, TOP), 0, K)
+  x = jax.random.randint(jax.random.PRNGKey(seed + 1), (1, BOTTOM, BOTTOM, 1),
+                         0, K)
+  cond_params = conditioner.init(jax.random.PRNGKey(2), top)
+  params = pixelcnn.init(jax.random.PRNGKey(3), x,
+                         cond=conditioner.apply(cond_params, top))
+
+  def logits(onehot, top_codes):
+    cond = conditioner.apply(cond_params, top_codes)
+    return pixelcnn.apply(params, onehot, cond=cond,
+                          method=GatedPixelCNN.logits_from_onehot)
+  return logits, jax.nn.one_hot(x, K), top
+
+
+def test_bottom_prior_is_causal_over_the_bottom_grid():
+  logits, onehot, top = _bottom_prior()
+  n = BOTTOM * BOTTOM
+  jacobian = jax.jacrev(lambda o: logits(o, top).reshape(n, K))(onehot)
+  # [n, K, 1, H, W, 1, K] -> how much output position p depends on input q.
+  dependence = np.abs(np.asarray(jacobian)).sum(axis=(1, 2, 5, 6)).reshape(n, n)
+  later_or_same = np.triu(np.ones((n, n), bool))
+  assert np.all(dependence[later_or_same] == 0)
+  assert dependence[n - 1, n - 2] > 0 and dependence[BOTTOM, 0] > 0
+
+
+def test_bottom_prior_depends_on_every_top_code():
+  logits, onehot, top = _bottom_prior()
+  base = np.asarray(logits(onehot, top))
+  for i in range(TOP):
+    for j in range(TOP):
+      changed = top.at[0, i, j].set((top[0, i, j] + 1) % K)
+      diff = np.abs(np.asarray(logits(onehot, changed)) - base)
+      # The top code at (i, j) covers bottom positions 2i..2i+1, 2j..2j+1.
+      assert diff[0, 2 * i:2 * i + 2, 2 * j:2 * j + 2].min() > 0, (i, j)
+  # Including the very first bottom position, which has no bottom context.
+  assert np.abs(np.asarray(logits(onehot, (top + 1) % K)) - base)[0, 0, 0].min() > 0
+
+
+@pytest.fixture(scope="module")
+def vqvae2_dir(tmp_path_factory):
+  from conftest import real_data_dir
+  if real_data_dir() is None:
+    pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
+  os.environ["VQJAX_DATA_DIR"] = real_data_dir()
+  workdir = str(tmp_path_factory.mktemp("vqvae2") / "run")
+  config = load_config("mnist_vqvae2", "tiny")
+  config.train.num_steps = 2
+  config.eval.every = 2
+  config.checkpoint.every = 2
+  vqvae_lib.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("level,match", [
+    ("", "--config.level=top or --config.level=bottom"),
+    ("middle", "does not name a code grid")])
+def test_prior_level_must_name_a_code_grid(vqvae2_dir, level, match):
+  config = load_config("mnist_vqvae2_prior", "tiny")
+  config.vqvae_workdir = vqvae2_dir
+  config.level = level
+  with pytest.raises(ConfigError, match=match):
+    prior_lib.PriorTask(config, vqvae2_dir + "_prior")
+
+
+def test_bottom_prior_trains_on_bottom_codes_given_top_codes(vqvae2_dir,
+                                                              tmp_path):
+  config = load_config("mnist_vqvae2_prior", "tiny")
+  config.vqvae_workdir = vqvae2_dir
+  config.level = "bottom"
+  task = prior_lib.PriorTask(config, str(tmp_path))
+  assert task.sample_shape == (14, 14, 1)
+  from vqjax import data
+  test = data.load(config.data, "test")
+  codes = task.vqvae.encode_levels(test.images[:5])
+  np.testing.assert_array_equal(task.test_data.images[:5, ..., 0],
+                                codes["bottom"])
+  np.testing.assert_array_equal(task.test_data.conditions[:5], codes["top"])
+  batch = task.test_data.batch(np.arange(4))
+  assert batch["cond"].shape == (4, 7, 7)
+
+
+def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
+  stage1, top, bottom = (str(tmp_path / n) for n in ("vqvae2", "top", "bottom"))
+  result = run_python(["train_vqvae.py", "--config=configs/mnist_vqvae2.py:tiny",
+                       f"--workdir={stage1}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  test_metrics = [json.loads(l) for l in open(os.path.join(stage1, "metrics.jsonl"))
+                  if '"test"' in l][-1]
+  for key in ("bits_per_dim", "perplexity_top", "perplexity_bottom",
+              "codes_used_top", "codes_used_bottom"):
+    assert np.isfinite(test_metrics[key]), key
+  for level, workdir in (("top", top), ("bottom", bottom)):
+    result = run_python(["train_prior.py",
+                         "--config=configs/mnist_vqvae2_prior.py:tiny",
+                         f"--workdir={workdir}", f"--config.vqvae_workdir={stage1}",
+                         f"--config.level={level}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+  result = run_python(["sample.py", f"--workdir={top}", "--num=4"])
+  assert result.returncode == 2 and "--top_workdir" in result.stderr
+  result = run_python(["sample.py", f"--workdir={bottom}",
+                       f"--top_workdir={top}", "--num=6", "--per_image=2"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = os.path.join(bottom, "samples")
+  with np.load(os.path.join(out, "hierarchical_samples_step000004.npz")) as codes:
+    assert codes["top"].shape == (6, 7, 7) and codes["bottom"].shape == (6, 14, 14)
+    assert codes["top"].max() < 32 and codes["bottom"].max() < 32
+  assert os.path.exists(os.path.join(out, "hierarchical_samples_step000004.png"))
+  assert np.load(os.path.join(out, "same_top_new_bottom_step000004.npy")).shape \
+      == (2, 8, 14, 14)
+  assert os.path.exists(os.path.join(out, "same_top_new_bottom_step000004.png"))
+  top_prior, bottom_prior = runs.restore_prior(top), runs.restore_prior(bottom)
+  bound = evaluation.likelihood_bound(bottom_prior.vqvae,
+                                      (top_prior, bottom_prior))
+  assert bound["with the PixelCNN priors"] < bound[
+      "stage 1 (uniform codes, or the VAE's KL)"] + 1e-3
+  assert bound["with the PixelCNN priors"] > bound["reconstruction only"]
