@@ -15,7 +15,10 @@ VQVAE_CONFIGS = [("mnist_vqvae", ""), ("mnist_vqvae", "tiny"),
 PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
                  ("mnist_prior", "tiny"), ("mnist_pixelcnn", ""),
                  ("mnist_pixelcnn", "conditional"), ("mnist_pixelcnn", "cpu"),
-                 ("cifar10_pixelcnn", ""), ("cifar10_pixelcnn", "conditional")]
+                 ("cifar10_pixelcnn", ""), ("cifar10_pixelcnn", "conditional"),
+                 ("mnist_vqvae2_prior", ""), ("mnist_vqvae2_prior", "tiny"),
+                 ("cifar10_vqvae2_prior", ""),
+                 ("cifar10_vqvae2_prior", "conditional")]
 
 
 @pytest.mark.parametrize("name,variant", VQVAE_CONFIGS)
@@ -42,7 +45,8 @@ def test_prior_configs_build(name, variant):
 
 @pytest.mark.parametrize("name", ["mnist_vqvae", "mnist_prior",
                                   "mnist_pixelcnn", "mnist_vae",
-                                  "mnist_vqvae2", "cifar10_vqvae2"])
+                                  "mnist_vqvae2", "cifar10_vqvae2",
+                                  "mnist_vqvae2_prior"])
 def test_unknown_variant_is_an_error(name):
   with pytest.raises(ValueError, match="Unknown variant"):
     load_config(name, "no_such_variant")

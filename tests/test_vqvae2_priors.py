@@ -141,3 +141,27 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
   assert bound["with the PixelCNN priors"] < bound[
       "stage 1 (uniform codes, or the VAE's KL)"] + 1e-3
   assert bound["with the PixelCNN priors"] > bound["reconstruction only"]
+
+
+def test_cifar_shaped_vqvae2_trains_on_colour_images(tmp_path):
+  """32x32x3 in the exact CIFAR-10 format: 8x8 bottom, 4x4 top codes."""
+  from test_data import _write_cifar
+  from vqjax import configs as vqjax_configs
+  from vqjax import data
+  _write_cifar(tmp_path / "cifar")
+  config = load_config("cifar10_vqvae2")
+  vqjax_configs.tiny_vqvae(config)
+  config.data.dir = str(tmp_path / "cifar")
+  config.train.batch_size = 4
+  config.train.num_steps = 2
+  config.eval.every = config.checkpoint.every = 2
+  config.eval.batch_size = 4
+  stage1 = str(tmp_path / "vqvae2")
+  metrics = vqvae_lib.train_and_evaluate(config, stage1)
+  assert np.isfinite(metrics["bits_per_dim"])
+  vqvae = runs.restore_vqvae(stage1)
+  assert vqvae.code_shapes == {"top": (4, 4), "bottom": (8, 8)}
+  images = data.load(config.data, "test").images
+  codes = vqvae.encode_levels(images)
+  assert codes["top"].shape == (3, 4, 4) and codes["bottom"].shape == (3, 8, 8)
+  assert vqvae.decode_levels(codes).shape == (3, 32, 32, 3)
