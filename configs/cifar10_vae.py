@@ -5,16 +5,11 @@ latent grid, for the paper's bits/dim comparison (VAE 4.51, VQ-VAE 4.67).
   python train_vqvae.py --config=configs/cifar10_vae.py --workdir=runs/cifar_vae
 """
 
-from vqjax.configs import vqvae_defaults
+from vqjax.configs import cifar10_vqvae_defaults
 
 
 def get_config(variant: str = ""):
-  config = vqvae_defaults()
-  config.data.name = "cifar10"
-  config.train.batch_size = 32
-  config.train.num_steps = 100_000
-  config.eval.every = 5000
-  config.checkpoint.every = 5000
+  config = cifar10_vqvae_defaults()
   config.model.bottleneck = "vae"
   if variant == "ae":
     config.model.bottleneck = "ae"

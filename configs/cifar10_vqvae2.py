@@ -6,16 +6,11 @@ bottom / 8x8 top codes instead.
   python train_vqvae.py --config=configs/cifar10_vqvae2.py --workdir=runs/cifar_vqvae2
 """
 
-from vqjax.configs import vqvae_defaults
+from vqjax.configs import cifar10_vqvae_defaults
 
 
 def get_config(variant: str = ""):
-  config = vqvae_defaults()
-  config.data.name = "cifar10"
-  config.train.batch_size = 32
-  config.train.num_steps = 100_000
-  config.eval.every = 5000
-  config.checkpoint.every = 5000
+  config = cifar10_vqvae_defaults()
   config.model.num_downsamples = 2  # 32x32 -> 8x8 bottom codes
   config.model.top_downsamples = 1  # 8x8 -> 4x4 top codes
   if variant == "16":

@@ -4,7 +4,7 @@
       --config.vqvae_workdir=runs/vqvae
 """
 
-from vqjax.configs import prior_defaults
+from vqjax.configs import prior_defaults, tiny_prior
 
 
 def get_config(variant: str = ""):
@@ -13,18 +13,7 @@ def get_config(variant: str = ""):
   if variant == "conditional":
     config.model.conditional = True
   elif variant == "tiny":
-    config.model.features = 8
-    config.model.num_layers = 2
-    config.model.kernel_size = 3
-    config.model.head_features = 8
-    config.train.batch_size = 16
-    config.train.num_steps = 4
-    config.train.log_every = 2
-    config.eval.every = 4
-    config.eval.batch_size = 2000
-    config.eval.num_samples = 4
-    config.checkpoint.every = 4
-    config.progress_bar = False
+    tiny_prior(config)
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of mnist_prior.py; use '', "
                      "'conditional' or 'tiny'.")

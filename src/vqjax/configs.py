@@ -90,6 +90,36 @@ def tiny_vqvae(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def cifar10_vqvae_defaults() -> ml_collections.ConfigDict:
+  """Stage 1 on CIFAR-10 with Sonnet's example settings (batch 32, 100k
+  steps); the CIFAR-10 configs change the model from here."""
+  config = vqvae_defaults()
+  config.data.name = "cifar10"
+  config.train.batch_size = 32
+  config.train.num_steps = 100_000
+  config.eval.every = 5000
+  config.checkpoint.every = 5000
+  return config
+
+
+def tiny_prior(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a stage-2 config to seconds of training (the `tiny` variants)."""
+  config.model.features = 8
+  config.model.num_layers = 2
+  config.model.kernel_size = 3
+  config.model.head_features = 8
+  config.model.cond_features = 8
+  config.train.batch_size = 16
+  config.train.num_steps = 4
+  config.train.log_every = 2
+  config.eval.every = 4
+  config.eval.batch_size = 2000
+  config.eval.num_samples = 4
+  config.checkpoint.every = 4
+  config.progress_bar = False
+  return config
+
+
 def prior_defaults() -> ml_collections.ConfigDict:
   """Stage 2: a Gated PixelCNN prior over the codes of a stage-1 run.
 
