@@ -130,13 +130,10 @@ def test_cpu_devices_policy():
 
 def test_one_thread_per_cpu_device_unless_the_user_says_otherwise():
   one_thread = "--xla_cpu_multi_thread_eigen=false"
-  patient = "--xla_cpu_collective_call_terminate_timeout_seconds=3600"
-  assert _cpu_devices("requested")[2] == f"{one_thread},{patient}"
+  assert _cpu_devices("requested")[2] == one_thread
   assert _cpu_devices("divides_batch")[2] == ""  # one device: all threads
-  own = ("--xla_cpu_multi_thread_eigen=true,"
-         "--xla_cpu_collective_call_terminate_timeout_seconds=5")
-  assert _cpu_devices("requested", XLA_FLAGS=own.replace(",", " ")) == [
-      "3", "True", own]
+  own = "--xla_cpu_multi_thread_eigen=true"
+  assert _cpu_devices("requested", XLA_FLAGS=own) == ["3", "True", own]
 
 
 def test_malloc_setting_respects_opt_out():

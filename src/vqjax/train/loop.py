@@ -62,6 +62,9 @@ class Task(Protocol):
                    step: int, workdir: str) -> list[str]: ...
 
 
+STEPS_AHEAD = 2  # Train steps dispatched before the host waits for the oldest.
+
+
 def _sum_trees(trees: list[dict]) -> dict:
   return jax.tree_util.tree_map(lambda *xs: np.sum(np.stack(xs), axis=0), *trees)
 
@@ -172,6 +175,11 @@ def train_and_evaluate(make_task: Callable[[], Task],
   for step in progress:
     state, metrics = p_train_step(state, parallel.shard(next(batches)))
     pending.append(metrics)
+    if len(pending) > STEPS_AHEAD:
+      # Dispatch no further ahead of the devices: with unboundedly many steps
+      # queued, XLA:CPU's launch threads wait on a full device queue whose
+      # computations need those threads (a deadlock under load).
+      jax.block_until_ready(pending[-1 - STEPS_AHEAD])
     window_steps += 1
     done = step + 1
     if done % config.train.log_every == 0 or done == num_steps:

@@ -22,11 +22,6 @@ checks both and does nothing otherwise, so a GPU or TPU run is never touched.
 * **One thread per device.** With more than one device, each device's ops run
   on its own thread (`--xla_cpu_multi_thread_eigen=false`): otherwise one
   device's op waits for a share of a thread pool that another keeps busy.
-* **Patient collectives.** XLA:CPU aborts the process when one device reaches
-  an all-reduce 40 s after another. On a loaded host (other jobs on the same
-  cores) a device thread can be kept off its core that long, and training
-  died mid-run; the limit is raised to an hour
-  (`--xla_cpu_collective_call_terminate_timeout_seconds`).
 
 `README.md` has the measurements behind each.
 """
@@ -48,8 +43,6 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 MALLOC_OPT_OUT = "VQJAX_DEFAULT_MALLOC"
 _ONE_THREAD_PER_DEVICE = "--xla_cpu_multi_thread_eigen=false"
-_COLLECTIVE_TIMEOUT_FLAG = "xla_cpu_collective_call_terminate_timeout_seconds"
-_COLLECTIVE_TIMEOUT_SECONDS = 3600
 
 
 def _accelerator_plugin_installed() -> bool:
@@ -110,9 +103,8 @@ def use_cpu_cores_as_devices(requested: int = 0,
                              batch_sizes: Iterable[int] = ()) -> int:
   """Makes the CPU backend one JAX device per core; returns the device count.
 
-  With more than one device, also one thread per device and patient
-  collectives (see the module docstring), unless `XLA_FLAGS` already sets
-  them.
+  With more than one device, also one thread per device (see the module
+  docstring), unless `XLA_FLAGS` already names `xla_cpu_multi_thread_eigen`.
   Leaves the count alone (returning 0) if `--xla_force_host_platform_device_count`
   or `JAX_NUM_CPU_DEVICES` already sets it, or if JAX's backends are up.
 
@@ -136,19 +128,11 @@ def use_cpu_cores_as_devices(requested: int = 0,
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:  # JAX refuses once its backends are up.
     return 0
-  # Read by XLA when the CPU client starts, which has not happened yet.
-  if count > 1:
-    _add_xla_flag("xla_cpu_multi_thread_eigen", _ONE_THREAD_PER_DEVICE)
-    _add_xla_flag(_COLLECTIVE_TIMEOUT_FLAG, f"--{_COLLECTIVE_TIMEOUT_FLAG}="
-                  f"{_COLLECTIVE_TIMEOUT_SECONDS}")
-  return count
-
-
-def _add_xla_flag(name: str, flag: str) -> None:
-  """Appends `flag` to `XLA_FLAGS` unless the user already set `name`."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if name not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+  if count > 1 and "xla_cpu_multi_thread_eigen" not in flags:
+    # Read by XLA when the CPU client starts, which has not happened yet.
+    os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_PER_DEVICE}".strip()
+  return count
 
 
 def configure(devices: int | None = 0,
