@@ -107,15 +107,12 @@ def test_bottom_prior_trains_on_bottom_codes_given_top_codes(vqvae2_dir,
 
 
 def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
+  """The whole VQ-VAE-2 pipeline through its command lines."""
   stage1, top, bottom = (str(tmp_path / n) for n in ("vqvae2", "top", "bottom"))
   result = run_python(["train_vqvae.py", "--config=configs/mnist_vqvae2.py:tiny",
-                       f"--workdir={stage1}"])
+                       f"--workdir={stage1}", "--config.train.num_steps=2",
+                       "--config.eval.every=2", "--config.checkpoint.every=2"])
   assert result.returncode == 0, result.stderr[-3000:]
-  test_metrics = [json.loads(l) for l in open(os.path.join(stage1, "metrics.jsonl"))
-                  if '"test"' in l][-1]
-  for key in ("bits_per_dim", "perplexity_top", "perplexity_bottom",
-              "codes_used_top", "codes_used_bottom"):
-    assert np.isfinite(test_metrics[key]), key
   for level, workdir in (("top", top), ("bottom", bottom)):
     result = run_python(["train_prior.py",
                          "--config=configs/mnist_vqvae2_prior.py:tiny",
@@ -125,11 +122,12 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
   result = run_python(["sample.py", f"--workdir={top}", "--num=4"])
   assert result.returncode == 2 and "--top_workdir" in result.stderr
   result = run_python(["sample.py", f"--workdir={bottom}",
-                       f"--top_workdir={top}", "--num=6", "--per_image=2"])
+                       f"--top_workdir={top}", "--num=16", "--per_image=2"])
   assert result.returncode == 0, result.stderr[-3000:]
   out = os.path.join(bottom, "samples")
   with np.load(os.path.join(out, "hierarchical_samples_step000004.npz")) as codes:
-    assert codes["top"].shape == (6, 7, 7) and codes["bottom"].shape == (6, 14, 14)
+    assert codes["top"].shape == (16, 7, 7)
+    assert codes["bottom"].shape == (16, 14, 14)
     assert codes["top"].max() < 32 and codes["bottom"].max() < 32
   assert os.path.exists(os.path.join(out, "hierarchical_samples_step000004.png"))
   assert np.load(os.path.join(out, "same_top_new_bottom_step000004.npy")).shape \
