@@ -382,8 +382,10 @@ def measure(bench: Bench, steps: int, repeats: int) -> dict:
     times.append((time.perf_counter() - start) / steps)
   bench.state = state
   seconds = statistics.median(times)
+  params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   return {"step": bench.name, "batch": bench.batch_size,
           "devices": jax.local_device_count(),
+          "parameters": params // jax.local_device_count(),  # replicated
           "images_per_s": bench.batch_size / seconds,
           "step_ms": 1e3 * seconds,
           "step_ms_all": [1e3 * t for t in times],
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     return 0
   print(f"jax {row['jax']} on {row['devices']} {row['platform']} device(s), "
-        f"kernels {row.get('kernels', '-')}; "
+        f"kernels {row.get('kernels', '-')}; {row['parameters']} parameters; "
         f"load average {row['load_average']}; malloc {row['malloc']}; "
         "step times (ms): "
         + ", ".join(f"{t:.1f}" for t in row["step_ms_all"]))
