@@ -21,6 +21,8 @@ virtualenv:
 
   python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch
   /tmp/torchvenv/bin/python benchmarks/pytorch_baseline.py [--threads 2]
+  /tmp/torchvenv/bin/python benchmarks/pytorch_baseline.py --model prior \
+      --channels-last --omp-wait-policy passive   # on cores shared with others
 
 Real MNIST is read from $VQJAX_DATA_DIR/mnist if there (random images
 otherwise; the speed does not depend on the pixels). Prints the median
@@ -325,9 +327,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--channels-last", action="store_true",
                       help="NHWC memory format (default: PyTorch's NCHW).")
+  parser.add_argument("--omp-wait-policy", default="",
+                      choices=("", "active", "passive"),
+                      help="OMP_WAIT_POLICY for torch's OpenMP threads (default: "
+                           "the environment's). 'passive' when other processes "
+                           "share the cores: spinning threads then wait for "
+                           "each other at every parallel region.")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
 
+  if args.omp_wait_policy:  # Read by OpenMP when torch loads it.
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -377,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model + (f":{args.variant}" if args.variant else ""),
             "threads": args.threads, "batch": batch_size,
             "channels_last": args.channels_last,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "images_per_s": batch_size / seconds,
             "step_ms": 1e3 * seconds,
             "step_ms_all": [1e3 * t for t in times],
