@@ -13,7 +13,6 @@ import time
 from absl import flags
 
 from vqjax import cli, generate, runs
-from vqjax.configs import ConfigError
 
 flags.DEFINE_string("workdir", None, "A train_prior.py run folder.")
 flags.DEFINE_integer("num", 64, "Samples per grid.")
@@ -42,14 +41,8 @@ def main():
   prior = runs.restore_prior(FLAGS.workdir, FLAGS.vqvae_workdir)
   outdir = FLAGS.outdir or os.path.join(FLAGS.workdir, "samples")
   start = time.perf_counter()
-  if prior.level or FLAGS.top_workdir:
-    if prior.level != "bottom" or not FLAGS.top_workdir:
-      raise ConfigError(
-          "A VQ-VAE-2 is sampled from both priors: pass the bottom-level prior "
-          "as --workdir and the top-level prior as --top_workdir (got a "
-          f"{prior.level or 'one-level'} prior as --workdir and "
-          f"--top_workdir={FLAGS.top_workdir}).")
-    top = runs.restore_prior(FLAGS.top_workdir, FLAGS.vqvae_workdir)
+  top = generate.top_prior_for(prior, FLAGS.top_workdir, FLAGS.vqvae_workdir)
+  if top is not None:
     paths = generate.write_hierarchical(top, prior, outdir, FLAGS.num,
                                         FLAGS.temperature, FLAGS.seed,
                                         FLAGS.method, FLAGS.per_image)

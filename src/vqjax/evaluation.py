@@ -26,7 +26,6 @@ import numpy as np
 
 from vqjax import checkpoint, data, generate, metrics, runs
 from vqjax import logging as vqjax_logging
-from vqjax.configs import ConfigError
 from vqjax.models.classifier import Classifier
 from vqjax.models.vqvae import to_float
 from vqjax.train import classifier as classifier_lib
@@ -172,13 +171,8 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
   if kind == "prior":
     prior = runs.restore_prior(workdir)
     data_config, vqvae = prior.config.data, prior.vqvae
-    if prior.level or top_workdir:
-      if prior.level != "bottom" or not top_workdir:
-        raise ConfigError(
-            "A VQ-VAE-2 is evaluated with both priors: pass the bottom-level "
-            "prior as --workdir and the top-level prior as --top_workdir.")
-      top = runs.restore_prior(top_workdir)
-      generate.check_pair(top, prior)
+    top = generate.top_prior_for(prior, top_workdir)
+    if top is not None:
       priors = (top, prior)
       draw = lambda k, n: generate.hierarchical_samples(  # noqa: E731
           top, prior, k, n, temperature)[0]

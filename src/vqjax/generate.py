@@ -15,7 +15,7 @@ import numpy as np
 
 from vqjax import data, images, quantizer, sampling
 from vqjax.configs import ConfigError
-from vqjax.runs import TrainedPrior, samples_to_images
+from vqjax.runs import TrainedPrior, restore_prior, samples_to_images
 
 
 def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
@@ -139,6 +139,23 @@ def check_pair(top: TrainedPrior, bottom: TrainedPrior) -> None:
                      "train both on the same VQ-VAE-2 run.")
 
 
+def top_prior_for(prior: TrainedPrior, top_workdir: str | None,
+                  vqvae_workdir: str | None = None) -> TrainedPrior | None:
+  """The top-level prior to pair with `prior` (None for a one-level prior):
+  a VQ-VAE-2 is sampled from both, the bottom one as `prior`."""
+  if not prior.level and not top_workdir:
+    return None
+  if prior.level != "bottom" or not top_workdir:
+    raise ConfigError(
+        "A VQ-VAE-2 is sampled from both priors: pass the bottom-level prior "
+        "as --workdir and the top-level prior as --top_workdir (got a "
+        f"{prior.level or 'one-level'} prior as --workdir and "
+        f"--top_workdir={top_workdir}).")
+  top = restore_prior(top_workdir, vqvae_workdir)
+  check_pair(top, prior)
+  return top
+
+
 def sample_bottom(bottom: TrainedPrior, key: jax.Array, top_codes: np.ndarray,
                   temperature: float = 1.0, method: str = "cached"
                   ) -> np.ndarray:
@@ -194,8 +211,8 @@ def write_hierarchical(top: TrainedPrior, bottom: TrainedPrior, outdir: str,
                        method: str = "cached", per_image: int = 4
                        ) -> list[str]:
   """Writes `hierarchical_samples_step<S>.png/.npz` and
-  `same_top_new_bottom_step<S>.png/.npy` (S: the bottom prior's step)."""
-  check_pair(top, bottom)
+  `same_top_new_bottom_step<S>.png/.npy` (S: the bottom prior's step), for
+  priors paired by `top_prior_for`."""
   source = data.load(bottom.config.data, "test")
   test = source.batch(np.arange(min(8, len(source))))["image"]
   os.makedirs(outdir, exist_ok=True)

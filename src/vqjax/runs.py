@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vqjax import checkpoint
+from vqjax import checkpoint, likelihood
 from vqjax import kernels as kernel_choice
 from vqjax.models import build
 from vqjax.models.autoencoder import Autoencoder
@@ -104,7 +104,6 @@ class TrainedVQVAE:
   def _jit(self, method, prepare, finish, **kwargs):
     def fn(variables, *x):
       with kernel_choice.scope(self.kernels, inference=True):
-        variables = {k: v for k, v in variables.items() if k != "likelihood"}
         return finish(self.model.apply(variables, *prepare(*x), method=method,
                                        **kwargs))
     compiled = jax.jit(fn)
@@ -160,8 +159,7 @@ class TrainedVQVAE:
     """`[K, D]` of `level`."""
     method = type(self.model).codebook
     args = (level,) if level else ()
-    variables = {k: v for k, v in self.variables.items() if k != "likelihood"}
-    return np.asarray(self.model.apply(variables, *args, method=method))
+    return np.asarray(self.model.apply(self.variables, *args, method=method))
 
 
 def restore_vqvae(workdir: str, step: int | None = None,
@@ -174,6 +172,9 @@ def restore_vqvae(workdir: str, step: int | None = None,
         "point --config.vqvae_workdir at a train_vqvae.py workdir.")
   image_shape = tuple(meta["image_shape"])
   kernel_choice.resolve(kernels)  # Fail early on a bad name.
+  # The decoder likelihood's variance is the trainer's, not the model's.
+  variables = {k: v for k, v in variables.items()
+               if k != likelihood.STATE_KEY}
   return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
                       config=config,
                       model=build.autoencoder(config, image_shape[-1]),

@@ -34,7 +34,7 @@ def clip_to_pixels(images: jax.Array) -> jax.Array:
   return jnp.clip(images, -0.5, 0.5)
 
 
-LIKELIHOOD = "likelihood"  # model_state entry of the decoder's variance [C]
+LIKELIHOOD = likelihood.STATE_KEY  # model_state entry of the decoder's variance
 VARIANCE_DECAY = 0.99
 
 
