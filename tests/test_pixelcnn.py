@@ -176,3 +176,52 @@ def test_features_must_divide_into_channel_groups():
   with pytest.raises(ValueError, match="divisible"):
     jax.eval_shape(model.init, jax.random.key(0),
                    jnp.zeros((1, 2, 2, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_xla_cpu_kernels_compute_the_same_logits_and_gradients(num_channels):
+  """The CPU seam computes the gated layers' convolutions by Winograd: same
+  logits and parameter gradients as the direct convolutions, and causal up to
+  float32 rounding (Winograd mixes a tile's inputs, so a later position's
+  exact zero coefficient is only ~1e-7 of the weights; training alone uses it,
+  evaluation and sampling stay direct)."""
+  from vqjax import xla_cpu  # pylint: disable=g-import-not-at-top
+  model = GatedPixelCNN(num_values=V, num_channels=num_channels, features=12,
+                        num_layers=2, kernel_size=5, head_features=12,
+                        num_classes=3)
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, V, (2, 7, 7, num_channels))
+  labels = jnp.array([0, 2])
+  params = random_params(model, x, labels)
+  cotangent = rng.standard_normal((2, 7, 7, num_channels, V)).astype(np.float32)
+
+  def loss(params):
+    return jnp.vdot(model.apply(params, x, labels), cotangent)
+
+  def value_and_grad(winograd: bool):
+    def fn(params):
+      if not winograd:
+        return jax.value_and_grad(loss)(params)
+      with xla_cpu.kernels():
+        return jax.value_and_grad(loss)(params)
+    return jax.jit(fn)(params)
+
+  (value, grads), (value_direct, grads_direct) = (value_and_grad(True),
+                                                  value_and_grad(False))
+  np.testing.assert_allclose(value, value_direct, rtol=1e-5)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    g_direct = functools.reduce(lambda t, k: t[k.key], path, grads_direct)
+    scale = max(float(np.abs(g_direct).max()), 1e-6)
+    np.testing.assert_allclose(np.asarray(g) / scale,
+                               np.asarray(g_direct) / scale, atol=2e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+  with xla_cpu.kernels():
+    dep = _dependencies(model, params, labels=labels[:1])
+  dep_direct = _dependencies(model, params, labels=labels[:1])
+  n = dep.shape[0]
+  later = np.triu(np.ones((n, n), bool))
+  assert np.all(dep_direct[later] == 0)
+  assert dep[later].max() < 1e-5 * dep.max()
+  np.testing.assert_allclose(dep[~later], dep_direct[~later],
+                             atol=1e-5 * dep.max())

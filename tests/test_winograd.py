@@ -41,13 +41,14 @@ def test_matrices_are_lavin_and_grays_f4x4_3x3():
                                    [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
 
 
-@pytest.mark.parametrize("r", [2, 3])
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 5])
 def test_one_dimensional_algorithm_is_a_correlation(r):
   """y = A^T [(G g) . (B^T d)] is y_i = sum_k g_k d_{i+k}, exactly (float64)."""
-  b_t, g, a_t = (np.array(m) for m in winograd.matrices(4, r))
+  m = winograd.tile_size(r)
+  b_t, g, a_t = (np.array(x) for x in winograd.matrices(m, r))
   rng = np.random.default_rng(r)
-  d, w = rng.normal(size=4 + r - 1), rng.normal(size=r)
-  expected = [np.dot(w, d[i:i + r]) for i in range(4)]
+  d, w = rng.normal(size=m + r - 1), rng.normal(size=r)
+  expected = [np.dot(w, d[i:i + r]) for i in range(m)]
   np.testing.assert_allclose(a_t @ ((g @ w) * (b_t @ d)), expected,
                              rtol=1e-12, atol=1e-12)
 
@@ -60,14 +61,19 @@ CASES = [
     ((2, 8, 8, 12), 2, ((0, 0), (0, 0))),   # the space-to-depth 4x4 stride 2
     ((1, 5, 8, 4), 2, ((0, 1), (1, 0))),
     ((3, 4, 4, 6), 3, ((2, 2), (2, 2))),    # 'full'
+    ((2, 9, 11, 8), (3, 5), ((0, 0), (0, 0))),  # the Gated PixelCNN's vertical
+    ((2, 7, 9, 8), (1, 3), ((0, 0), (0, 0))),   # ... and horizontal kernels
+    ((1, 10, 7, 3), (5, 2), ((1, 3), (0, 2))),
+    ((2, 6, 9, 4), (4, 4), ((0, 0), (1, 1))),
 ]
 
 
 @pytest.mark.parametrize("shape,r,padding", CASES)
 def test_conv_and_gradients_equal_direct_convolution(shape, r, padding):
-  kx, kk, kd = jax.random.split(jax.random.PRNGKey(sum(shape) + r), 3)
+  kx, kk, kd = jax.random.split(jax.random.PRNGKey(sum(shape)), 3)
   x = jax.random.normal(kx, shape)
-  kernel = jax.random.normal(kk, (r, r, shape[-1], 7))
+  rh, rw = (r, r) if isinstance(r, int) else r
+  kernel = jax.random.normal(kk, (rh, rw, shape[-1], 7))
   y = winograd.conv(x, kernel, padding)
   y_direct = _direct(x, kernel, padding)
   _close(y, y_direct)
@@ -87,7 +93,8 @@ def test_conv_is_jittable_and_rejects_what_it_does_not_support():
   y = jax.jit(lambda x, k: winograd.conv(x, k, ((1, 1), (1, 1))))(
       x, jnp.ones((3, 3, 4, 2)))
   assert y.shape == (1, 7, 7, 2)
-  assert not winograd.supports((5, 5, 4, 2), ((2, 2), (2, 2)))
+  assert not winograd.supports((6, 3, 4, 2), ((0, 0), (0, 0)))
+  assert not winograd.supports((1, 1, 4, 2), ((0, 0), (0, 0)))
   assert not winograd.supports((3, 3, 4, 2), ((-1, 0), (0, 0)))
   with pytest.raises(ValueError, match="Winograd conv takes"):
     winograd.conv(x, jnp.ones((3, 3, 4, 2)), ((-1, 1), (1, 1)))

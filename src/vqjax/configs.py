@@ -147,6 +147,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.conditional = False  # class-conditional on the dataset labels
   config.model.cond_features = 64   # bottom level: width of the top-code conditioning map
   config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
+  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
 
   config.train = train_group(batch_size=64, learning_rate=1e-3,
                              cosine_decay=True, grad_clip_norm=1.0)

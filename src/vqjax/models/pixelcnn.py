@@ -83,13 +83,6 @@ def gate(x: Array) -> Array:
   return jnp.tanh(x[..., :f]) * jax.nn.sigmoid(x[..., f:])
 
 
-def _conv(x: Array, kernel: Array) -> Array:
-  """VALID NHWC convolution: x [B, H, W, I], kernel [kh, kw, I, O]."""
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding="VALID",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 class GatedLayer(nn.Module):
   """One gated layer: a vertical and a horizontal stack, plus a skip output.
 
@@ -131,6 +124,16 @@ class GatedLayer(nn.Module):
     if self.cond_features:
       self.cond_proj = nn.Dense(2 * f, dtype=self.dtype, param_dtype=pd)
 
+  def conv(self, x: Array, kernel: Array) -> Array:
+    """VALID NHWC convolution: x [B, H, W, I], kernel [kh, kw, I, O].
+
+    A method, not a function, so that `vqjax.kernels` can compute it another
+    way on a backend that needs one (Winograd on XLA:CPU).
+    """
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
   def conditioning(self, labels: Array | None, cond: Array | None):
     """Bias for both gates, broadcastable to [B, h, w, 2F] (or 0).
 
@@ -153,7 +156,7 @@ class GatedLayer(nn.Module):
     For layer 0 the caller shifts the input down one row (rows < i only).
     """
     kernel = jnp.asarray(self.v_kernel, self.dtype)
-    v_pre = _conv(v_in.astype(self.dtype), kernel)
+    v_pre = self.conv(v_in.astype(self.dtype), kernel)
     return v_pre + jnp.asarray(self.v_bias, self.dtype) + bias
 
   def horizontal(self, h_in: Array, v_pre: Array, bias) -> tuple[Array, Array]:
@@ -174,17 +177,20 @@ class GatedLayer(nn.Module):
     tap_mask[0, -1] = centre
     kernel = jnp.asarray(self.h_kernel * tap_mask, self.dtype)
     link = jnp.asarray(self.link_kernel, self.dtype)
-    h_pre = (_conv(h_in.astype(self.dtype), kernel)
+    h_pre = (self.conv(h_in.astype(self.dtype), kernel)
              + v_pre @ link + jnp.asarray(self.h_bias, self.dtype) + bias)
     g = gate(h_pre)
-    mask_b_skip = group_mask(f, self.skip_features, c, "B")
-    skip = (g @ jnp.asarray(self.skip_kernel * mask_b_skip, self.dtype)
-            + jnp.asarray(self.skip_bias, self.dtype))
+    # The skip and residual 1x1 convs read the same g: one matmul for both.
+    kernels = [self.skip_kernel * group_mask(f, self.skip_features, c, "B")]
+    biases = [self.skip_bias]
+    if not self.last:
+      kernels.append(self.res_kernel * group_mask(f, f, c, "B"))
+      biases.append(self.res_bias)
+    out = (g @ jnp.asarray(jnp.concatenate(kernels, axis=1), self.dtype)
+           + jnp.asarray(jnp.concatenate(biases), self.dtype))
     if self.last:
-      return None, skip
-    res = (g @ jnp.asarray(self.res_kernel * group_mask(f, f, c, "B"),
-                           self.dtype)
-           + jnp.asarray(self.res_bias, self.dtype))
+      return None, out
+    skip, res = jnp.split(out, [self.skip_features], axis=-1)
     return res, skip
 
 

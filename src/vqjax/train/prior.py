@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from vqjax import data, images, runs, sampling
+from vqjax import data, images, kernels, runs, sampling
 from vqjax.configs import ConfigError
 from vqjax.models import build
 from vqjax.parallel import AXIS
@@ -145,6 +145,7 @@ class PriorTask:
                                 self.sample_shape[-1], self.num_classes,
                                 spatially_conditioned=self.conditioner
                                 is not None)
+    self.kernels = kernels.resolve(config.model.kernels)
     self.has_initialize = False
 
   def _split(self, split: str) -> data.Dataset:
@@ -194,20 +195,26 @@ class PriorTask:
     return TrainState.create(apply_fn=self.model.apply, params=params,
                              tx=make_optimizer(self.config))
 
-  def _logits(self, params, x, batch) -> jax.Array:
+  def _logits(self, params, x, batch, inference: bool) -> jax.Array:
     """`[B, h, w, C, V]`; a bottom prior reads the top codes `batch['cond']`
-    through its conditioner (params `{"pixelcnn", "conditioner"}`)."""
-    if self.conditioner is None:
-      return self.model.apply({"params": params}, x, self._labels(batch))
-    cond = self.conditioner.apply({"params": params["conditioner"]},
-                                  jnp.asarray(batch["cond"], jnp.int32))
-    return self.model.apply({"params": params["pixelcnn"]}, x,
-                            self._labels(batch), cond)
+    through its conditioner (params `{"pixelcnn", "conditioner"}`).
 
-  def _nll(self, params, batch) -> jax.Array:
+    Training steps compute it with the kernels `config.model.kernels` picks
+    (on XLA:CPU, Winograd convolutions: exactly causal only up to float32
+    rounding); `inference` (the test NLL) with direct, exactly causal ones.
+    """
+    with kernels.scope(self.kernels, inference=inference):
+      if self.conditioner is None:
+        return self.model.apply({"params": params}, x, self._labels(batch))
+      cond = self.conditioner.apply({"params": params["conditioner"]},
+                                    jnp.asarray(batch["cond"], jnp.int32))
+      return self.model.apply({"params": params["pixelcnn"]}, x,
+                              self._labels(batch), cond)
+
+  def _nll(self, params, batch, inference: bool = False) -> jax.Array:
     """Per-example NLL in nats, summed over positions and channels: [B]."""
     x = jnp.asarray(batch["image"], jnp.int32)
-    logits = self._logits(params, x, batch)
+    logits = self._logits(params, x, batch, inference)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
@@ -224,7 +231,7 @@ class PriorTask:
     return state, {"loss": loss, "bits": loss / math.log(2.0)}
 
   def eval_step(self, state: TrainState, batch: dict) -> dict:
-    nll = self._nll(state.params, batch)
+    nll = self._nll(state.params, batch, inference=True)
     return lax.psum({"nll": jnp.sum(nll * batch["mask"]),
                      "count": jnp.sum(batch["mask"])}, AXIS)
 

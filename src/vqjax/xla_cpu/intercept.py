@@ -6,14 +6,17 @@ Inside `with kernels():`, every call of
   'CIRCULAR' / 'CAUSAL' / 'REFLECT'; no dilation, groups or mask),
 * `nn.ConvTranspose` with a 4x4 kernel, stride 2 and 'SAME' padding,
 
-computing in float32,
-* `VectorQuantizer.nearest_code`
+computing in float32, and of
+
+* `VectorQuantizer.nearest_code`,
+* `GatedLayer.conv` in float32 (the Gated PixelCNN's vertical and horizontal
+  convolutions; only with `winograd`, else XLA's own convolution),
 
 made while tracing a model is computed by `vqjax.xla_cpu.convolutions` /
-`vqjax.xla_cpu.quantizer` instead, reading and creating the very parameters
-Flax's layer would (same names, shapes and initialisers). Any other call
-goes to Flax unchanged. So the models are written with Flax's layers and a
-checkpoint is the same whatever computed it.
+`vqjax.xla_cpu.winograd` / `vqjax.xla_cpu.quantizer` instead, reading and
+creating the very parameters the layer would (same names, shapes and
+initialisers). Any other call goes to Flax unchanged. So the models are
+written with Flax's layers and a checkpoint is the same whatever computed it.
 
 This is a Flax method interceptor (`nn.intercept_methods`): it acts while a
 function is traced, so enter it around `model.apply` inside the jitted step.
@@ -29,8 +32,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
+from vqjax.models.pixelcnn import GatedLayer
 from vqjax.models.vector_quantizer import VectorQuantizer
 from vqjax.xla_cpu import convolutions
+from vqjax.xla_cpu import winograd as winograd_lib
 from vqjax.xla_cpu import quantizer as cpu_quantizer
 
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
@@ -129,6 +134,12 @@ def _interceptor(next_fun, args, kwargs, context, *, winograd: bool):
       return _conv_transpose(module, x, winograd)
   if method == "nearest_code" and isinstance(module, VectorQuantizer):
     return cpu_quantizer.nearest_code(*args, **kwargs)
+  if method == "conv" and isinstance(module, GatedLayer) and winograd:
+    x, kernel = args
+    valid = ((0, 0), (0, 0))
+    if (x.dtype == kernel.dtype == jnp.float32 and
+        winograd_lib.supports(kernel.shape, valid)):
+      return winograd_lib.conv(x, kernel, valid)
   return next_fun(*args, **kwargs)
 
 

@@ -1,16 +1,20 @@
-"""Winograd (Toom-Cook) convolution F(4x4, r x r), for fast XLA:CPU training.
+"""Winograd (Toom-Cook) convolution F(m_h x m_w, r_h x r_w), for fast XLA:CPU
+training.
 
-A stride-1 convolution with an `r x r` kernel, computed on 4x4 output tiles
-(Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"):
+A stride-1 convolution with an `r_h x r_w` kernel, computed on `m_h x m_w`
+output tiles (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
+Networks"):
 
-  Y_tile = A^T [ (G g G^T) (.) (B^T d_tile B) ] A        per channel pair,
+  Y_tile = A_h^T [ (G_h g G_w^T) (.) (B_h^T d_tile B_w) ] A_w   per channel pair,
 
-where `d_tile` is the `n x n` input tile (`n = 4 + r - 1`) and `(.)` is an
-elementwise product that, summed over input channels, becomes `n^2`
+where `d_tile` is the `n_h x n_w` input tile (`n = m + r - 1`) and `(.)` is an
+elementwise product that, summed over input channels, becomes `n_h n_w`
 independent `[tiles, C_in] @ [C_in, C_out]` matmuls. For 3x3 kernels on the
 VQ-VAE's 7x7 maps (computed as 2x2 tiles of 4x4, the last row and column
 cropped) that is 4 * 36 = 144 multiply-adds per channel pair and image
-instead of 49 * 9 = 441: 3.1x fewer.
+instead of 49 * 9 = 441: 3.1x fewer. The Gated PixelCNN's 3x5 vertical
+kernels use F(4x4, 3x5) (4 * 48 = 192 instead of 49 * 15 = 735 on a 7x7
+map: 3.8x fewer) and its 1x3 horizontal ones F(1x4, 1x3).
 
 The transforms are linear maps with small constant matrices. They are written
 as sums of slices (which XLA fuses into one elementwise loop), each with an
@@ -20,9 +24,11 @@ backward pass is in the Winograd domain too: transposed transforms around the
 two transposed matmuls.
 
 Results equal the direct convolution up to float32 rounding: the transforms
-multiply by at most 8 (F(4x4, 3x3) uses interpolation points 0, +-1, +-2),
-giving relative errors around 1e-5 of the output's scale
-(`tests/test_winograd.py`).
+multiply by at most 8 (the interpolation points are 0, +-1, +-2 and, for
+5-tap kernels, +-1/2), giving relative errors around 1e-5 of the output's scale
+(`tests/test_winograd.py`). Being a rounding-level equality, an output's
+coefficient of an input outside its window is ~1e-7 rather than exactly 0:
+masked (causal) models use it for training steps only.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from jax import lax
 Array = jax.Array
 Matrix = tuple[tuple[float, ...], ...]
 
-TILE = 4  # output tile size m of F(m x m, r x r)
-# Finite interpolation points of F(4, r), r = 1..3 (the last point is infinity).
-_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
+TILE = 4  # largest output tile m of F(m, r)
+# Finite interpolation points of F(m, r), the first m + r - 2 of them (the
+# last point is infinity): m + r <= 9.
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,40 +112,48 @@ def _mix_bwd(matrix, axis, _, dy):
 _mix.defvjp(_mix_fwd, _mix_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _tiles(x: Array, n: int, axis: int, out_axis: int) -> Array:
-  """Overlapping tiles of length `n` and stride `TILE` along `axis`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _tiles(x: Array, n: int, tile: int, axis: int, out_axis: int) -> Array:
+  """Overlapping tiles of length `n` and stride `tile` along `axis`.
 
-  `x` has `TILE * (t + 1)` entries along `axis` (t tiles; the entries after
-  `TILE * t + n - TILE` are never read). Entry j of tile i, `x[TILE i + j]`,
-  is entry `j mod TILE` of block `i + j // TILE`: so the tiles are slices of
-  `x` reshaped into blocks, stacked along a new axis `out_axis` (length n) of
-  the result, which has t entries along `axis`.
+  `x` has `tile * (t + blocks_after(n, tile))` entries along `axis` (t tiles; the
+  entries after `tile * (t - 1) + n` are never read). Entry j of tile i,
+  `x[tile i + j]`, is entry `j mod tile` of block `i + j // tile`: so the
+  tiles are slices of `x` reshaped into blocks, stacked along a new axis
+  `out_axis` (length n) of the result, which has t entries along `axis`.
   """
-  t = x.shape[axis] // TILE - 1
-  blocks = x.reshape(*x.shape[:axis], t + 1, TILE, *x.shape[axis + 1:])
+  extra = _blocks_after(n, tile)
+  t = x.shape[axis] // tile - extra
+  blocks = x.reshape(*x.shape[:axis], t + extra, tile, *x.shape[axis + 1:])
   parts = [lax.index_in_dim(
-      lax.slice_in_dim(blocks, j // TILE, j // TILE + t, axis=axis),
-      j % TILE, axis + 1, keepdims=False) for j in range(n)]
+      lax.slice_in_dim(blocks, j // tile, j // tile + t, axis=axis),
+      j % tile, axis + 1, keepdims=False) for j in range(n)]
   return jnp.stack(parts, out_axis)
 
 
-def _tiles_fwd(x, n, axis, out_axis):
-  return _tiles(x, n, axis, out_axis), None
+def _blocks_after(n: int, tile: int) -> int:
+  """Whole blocks of `tile` entries a tile of length `n` reaches past its own."""
+  return -(-n // tile) - 1
 
 
-def _tiles_bwd(n, axis, out_axis, _, dy):
+def _tiles_fwd(x, n, tile, axis, out_axis):
+  return _tiles(x, n, tile, axis, out_axis), None
+
+
+def _tiles_bwd(n, tile, axis, out_axis, _, dy):
   """Overlap-add: `[.., n (out_axis), .., t (axis), ..]` ->
-  `[.., TILE (t + 1), ..]`."""
+  `[.., tile (t + blocks_after), ..]`."""
+  extra = _blocks_after(n, tile)
+
   def shift(part, lo, hi):  # pad the tile axis by lo blocks before, hi after
     config = [(0, 0, 0)] * part.ndim
     config[axis] = (lo, hi, 0)
     return lax.pad(part, jnp.zeros((), part.dtype), config)
 
   parts = [lax.index_in_dim(dy, j, out_axis, keepdims=False) for j in range(n)]
-  offsets = [sum(shift(parts[j], j // TILE, 1 - j // TILE)
-                 for j in range(offset, n, TILE)) for offset in range(TILE)]
-  blocks = jnp.stack(offsets, axis + 1)  # [.., t + 1, TILE, ..]
+  offsets = [sum(shift(parts[j], j // tile, extra - j // tile)
+                 for j in range(offset, n, tile)) for offset in range(tile)]
+  blocks = jnp.stack(offsets, axis + 1)  # [.., t + extra, tile, ..]
   return (blocks.reshape(*blocks.shape[:axis], -1, *blocks.shape[axis + 2:]),)
 
 
@@ -185,11 +200,17 @@ def _batched_matmul_bwd(residuals, dm):
 _batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
+def tile_size(r: int) -> int:
+  """Output tile m of F(m, r) along an axis with r kernel taps: 4 for
+  r = 2..5; 1 for r = 1 (no transform along that axis)."""
+  return 1 if r == 1 else min(TILE, len(_POINTS) + 2 - r)
+
+
 def supports(kernel_shape: Sequence[int],
              padding: Sequence[tuple[int, int]]) -> bool:
   """Whether `conv` takes a `[kh, kw, C, O]` kernel with this padding."""
-  kh, kw = kernel_shape[:2]
-  return (kh == kw and 2 <= kh <= len(_POINTS) + 2 - TILE and
+  return (all(1 <= r <= 5 for r in kernel_shape[:2]) and
+          max(kernel_shape[:2]) >= 2 and
           all(p >= 0 for pair in padding for p in pair))
 
 
@@ -197,36 +218,45 @@ def conv(x: Array, kernel: Array,
          padding: Sequence[tuple[int, int]]) -> Array:
   """`lax.conv_general_dilated(x, kernel, (1, 1), padding)` by Winograd.
 
+  F(m_h x m_w, r_h x r_w) with `m = tile_size(r)` per axis: F(4x4, 3x3) for
+  the VQ-VAE's 3x3 kernels, F(4x4, 3x5) for the Gated PixelCNN's 3x5
+  vertical ones.
+
   Args:
     x: [B, H, W, C].
-    kernel: [r, r, C, O], r = 2 or 3.
+    kernel: [r_h, r_w, C, O], each r in 1..5, not both 1.
     padding: ((top, bottom), (left, right)), non-negative.
 
   Returns:
-    [B, H + top + bottom - r + 1, W + left + right - r + 1, O].
+    [B, H + top + bottom - r_h + 1, W + left + right - r_w + 1, O].
   """
-  r = kernel.shape[0]
   if not supports(kernel.shape, padding):
-    raise ValueError(f"Winograd conv takes square 2x2 or 3x3 kernels and "
-                     f"non-negative padding, got {kernel.shape} {padding}")
-  b_t, g, a_t = matrices(TILE, r)
-  n = TILE + r - 1
+    raise ValueError(f"Winograd conv takes kernels of 1 to 5 taps per axis "
+                     f"(not 1x1) and non-negative padding, got {kernel.shape} "
+                     f"{padding}")
+  rs = kernel.shape[:2]
+  ms = [tile_size(r) for r in rs]
+  ns = [m + r - 1 for m, r in zip(ms, rs)]
+  (bt_h, g_h, at_h), (bt_w, g_w, at_w) = (matrices(m, r)
+                                          for m, r in zip(ms, rs))
   b, h, w, c = x.shape
   o = kernel.shape[-1]
-  out = [size + lo + hi - r + 1 for size, (lo, hi) in zip((h, w), padding)]
-  tiles = [-(-size // TILE) for size in out]
-  # Pad to TILE * (tiles + 1): what `_tiles` reads, and whole blocks.
+  out = [size + lo + hi - r + 1
+         for size, (lo, hi), r in zip((h, w), padding, rs)]
+  tiles = [-(-size // m) for size, m in zip(out, ms)]
+  # Pad to whole blocks, as many as `_tiles` reads.
   x = jnp.pad(x, ((0, 0),
-                  *((lo, TILE * (t + 1) - size - lo)
-                    for size, (lo, _), t in zip((h, w), padding, tiles)),
+                  *((lo, m * (t + _blocks_after(n, m)) - size - lo)
+                    for size, (lo, _), t, m, n in
+                    zip((h, w), padding, tiles, ms, ns)),
                   (0, 0)))
-  v = _mix(_tiles(x, n, 1, 0), b_t, 0)  # [n, B, th, W', C]
-  v = _mix(_tiles(v, n, 3, 1), b_t, 1)  # [n, n, B, th, tw, C]
-  u = _mix(_mix(kernel, g, 0), g, 1)  # [n, n, C, O]
-  m = _batched_matmul(v.reshape(n * n, -1, c),
-                      u.reshape(n * n, c, o))  # [n^2, B th tw, O]
-  m = m.reshape(n, n, b, *tiles, o)
-  y = _mix(_mix(m, a_t, 0), a_t, 1)  # [4, 4, B, th, tw, O]
-  y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, TILE * tiles[0],
-                                            TILE * tiles[1], o)
+  v = _mix(_tiles(x, ns[0], ms[0], 1, 0), bt_h, 0)  # [n_h, B, th, W', C]
+  v = _mix(_tiles(v, ns[1], ms[1], 3, 1), bt_w, 1)  # [n_h, n_w, B, th, tw, C]
+  u = _mix(_mix(kernel, g_h, 0), g_w, 1)  # [n_h, n_w, C, O]
+  m = _batched_matmul(v.reshape(ns[0] * ns[1], -1, c),
+                      u.reshape(ns[0] * ns[1], c, o))  # [n_h n_w, B th tw, O]
+  m = m.reshape(*ns, b, *tiles, o)
+  y = _mix(_mix(m, at_h, 0), at_w, 1)  # [m_h, m_w, B, th, tw, O]
+  y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, ms[0] * tiles[0],
+                                            ms[1] * tiles[1], o)
   return y[:, :out[0], :out[1]]
