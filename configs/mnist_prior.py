@@ -2,6 +2,11 @@
 
   python train_prior.py --config=configs/mnist_prior.py --workdir=runs/prior \
       --config.vqvae_workdir=runs/vqvae
+  python train_prior.py --config=configs/mnist_prior.py:conditional ...  # make demo
+
+`conditional` conditions on the class label and trains twice as long: the
+prior `make demo` ships (README, "Sample quality", has what each choice
+measured).
 """
 
 from vqjax.configs import prior_defaults, tiny_prior
@@ -10,8 +15,10 @@ from vqjax.configs import prior_defaults, tiny_prior
 def get_config(variant: str = ""):
   config = prior_defaults()
   config.vqvae_workdir = "runs/vqvae"
+  config.train.learning_rate = 2e-3
   if variant == "conditional":
     config.model.conditional = True
+    config.train.num_steps = 4000
   elif variant == "tiny":
     tiny_prior(config)
   elif variant:
