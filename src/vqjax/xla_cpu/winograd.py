@@ -5,7 +5,7 @@ A stride-1 convolution with an `r_h x r_w` kernel, computed on `m_h x m_w`
 output tiles (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
 Networks"):
 
-  Y_tile = A_h^T [ (G_h g G_w^T) (.) (B_h^T d_tile B_w) ] A_w   per channel pair,
+  Y_tile = A_h^T [(G_h g G_w^T) (.) (B_h^T d_tile B_w)] A_w   per channel pair,
 
 where `d_tile` is the `n_h x n_w` input tile (`n = m + r - 1`) and `(.)` is an
 elementwise product that, summed over input channels, becomes `n_h n_w`
@@ -44,10 +44,11 @@ from jax import lax
 Array = jax.Array
 Matrix = tuple[tuple[float, ...], ...]
 
-TILE = 4  # largest output tile m of F(m, r)
+TILE = 4  # output tile m of F(m, r) along every axis with r > 1
 # Finite interpolation points of F(m, r), the first m + r - 2 of them (the
-# last point is infinity): m + r <= 9.
+# last point is infinity).
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+MAX_TAPS = len(_POINTS) + 2 - TILE  # longest kernel axis F(TILE, r) takes: 5
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,11 +117,11 @@ _mix.defvjp(_mix_fwd, _mix_bwd)
 def _tiles(x: Array, n: int, tile: int, axis: int, out_axis: int) -> Array:
   """Overlapping tiles of length `n` and stride `tile` along `axis`.
 
-  `x` has `tile * (t + blocks_after(n, tile))` entries along `axis` (t tiles; the
-  entries after `tile * (t - 1) + n` are never read). Entry j of tile i,
-  `x[tile i + j]`, is entry `j mod tile` of block `i + j // tile`: so the
-  tiles are slices of `x` reshaped into blocks, stacked along a new axis
-  `out_axis` (length n) of the result, which has t entries along `axis`.
+  `x` has `tile * (t + _blocks_after(n, tile))` entries along `axis` (t
+  tiles; the entries after `tile * (t - 1) + n` are never read). Entry j of
+  tile i, `x[tile i + j]`, is entry `j mod tile` of block `i + j // tile`:
+  so the tiles are slices of `x` reshaped into blocks, stacked along a new
+  axis `out_axis` (length n) of the result, which has t entries along `axis`.
   """
   extra = _blocks_after(n, tile)
   t = x.shape[axis] // tile - extra
@@ -132,7 +133,8 @@ def _tiles(x: Array, n: int, tile: int, axis: int, out_axis: int) -> Array:
 
 
 def _blocks_after(n: int, tile: int) -> int:
-  """Whole blocks of `tile` entries a tile of length `n` reaches past its own."""
+  """Whole blocks of `tile` entries that a tile of length `n` reaches into
+  past its own."""
   return -(-n // tile) - 1
 
 
@@ -142,7 +144,7 @@ def _tiles_fwd(x, n, tile, axis, out_axis):
 
 def _tiles_bwd(n, tile, axis, out_axis, _, dy):
   """Overlap-add: `[.., n (out_axis), .., t (axis), ..]` ->
-  `[.., tile (t + blocks_after), ..]`."""
+  `[.., tile (t + _blocks_after), ..]`."""
   extra = _blocks_after(n, tile)
 
   def shift(part, lo, hi):  # pad the tile axis by lo blocks before, hi after
@@ -201,15 +203,15 @@ _batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def tile_size(r: int) -> int:
-  """Output tile m of F(m, r) along an axis with r kernel taps: 4 for
-  r = 2..5; 1 for r = 1 (no transform along that axis)."""
-  return 1 if r == 1 else min(TILE, len(_POINTS) + 2 - r)
+  """Output tile m of F(m, r) along an axis with r kernel taps: `TILE`, or 1
+  for r = 1 (no transform along that axis)."""
+  return 1 if r == 1 else TILE
 
 
 def supports(kernel_shape: Sequence[int],
              padding: Sequence[tuple[int, int]]) -> bool:
   """Whether `conv` takes a `[kh, kw, C, O]` kernel with this padding."""
-  return (all(1 <= r <= 5 for r in kernel_shape[:2]) and
+  return (all(1 <= r <= MAX_TAPS for r in kernel_shape[:2]) and
           max(kernel_shape[:2]) >= 2 and
           all(p >= 0 for pair in padding for p in pair))
 
@@ -224,16 +226,16 @@ def conv(x: Array, kernel: Array,
 
   Args:
     x: [B, H, W, C].
-    kernel: [r_h, r_w, C, O], each r in 1..5, not both 1.
+    kernel: [r_h, r_w, C, O], each r in 1..MAX_TAPS, not both 1.
     padding: ((top, bottom), (left, right)), non-negative.
 
   Returns:
     [B, H + top + bottom - r_h + 1, W + left + right - r_w + 1, O].
   """
   if not supports(kernel.shape, padding):
-    raise ValueError(f"Winograd conv takes kernels of 1 to 5 taps per axis "
-                     f"(not 1x1) and non-negative padding, got {kernel.shape} "
-                     f"{padding}")
+    raise ValueError(f"Winograd conv takes kernels of 1 to {MAX_TAPS} taps per "
+                     f"axis (not 1x1) and non-negative padding, got "
+                     f"{kernel.shape} {padding}")
   rs = kernel.shape[:2]
   ms = [tile_size(r) for r in rs]
   ns = [m + r - 1 for m, r in zip(ms, rs)]
