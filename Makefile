@@ -16,7 +16,7 @@ DEMO_EVAL_FLAGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
 install: $(VENV)/.installed

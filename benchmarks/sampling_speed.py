@@ -66,7 +66,7 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
           plain_steps: int | None) -> dict:
   h, w, c = cfg["height"], cfg["width"], cfg["channels"]
   config = shipped_config(cfg["config"])
-  model = build.pixelcnn(config, cfg["num_values"], c, num_classes=0)
+  model = build.code_prior(config, cfg["num_values"], c, inference=True)
   shape = (batch, h, w, c)
   # Parameter values do not matter for speed; an "rbg" key compiles faster.
   params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
@@ -81,7 +81,8 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
   steps = total_steps if plain_steps is None else min(plain_steps, total_steps)
   plain_compile, plain_run_s = _time(
       lambda: sampling._run(model, params, key, shape, 1.0, None, None,
-                            "plain", return_logits=False, num_steps=steps)[0],
+                            "plain", None, False, return_logits=False,
+                            num_steps=steps)[0],
       plain_repeats)
   plain_s = plain_run_s * total_steps / steps
 

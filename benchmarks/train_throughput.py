@@ -134,11 +134,11 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 7) -> float:
 
 def _stage1(args, config) -> Bench:
   from vqjax import data, parallel  # pylint: disable=g-import-not-at-top
-  from vqjax.train import vqvae  # pylint: disable=g-import-not-at-top
+  from vqjax.train import stage1  # pylint: disable=g-import-not-at-top
 
   batch_size = config.train.batch_size
   parallel.check_divisible(batch_size)
-  task = vqvae.VQVAETask(config)
+  task = stage1.Stage1Task(config)
   example = next(data.train_batches(task.train_data, batch_size, config.seed))
   state = task.create_train_state(jax.random.PRNGKey(config.seed),
                                   {k: v[:1] for k, v in example.items()})
@@ -148,7 +148,7 @@ def _stage1(args, config) -> Bench:
                 batch=jax.device_put(parallel.shard(example)),
                 batch_size=batch_size, task=task)
   per_device = batch_size // jax.local_device_count()
-  x = vqvae.to_float(jnp.asarray(example["image"][:per_device]))
+  x = stage1.to_float(jnp.asarray(example["image"][:per_device]))
   bench.breakdown = lambda: vqvae_breakdown(task, state, x, args.repeats)
   bench.model_flops = lambda: direct_convolution_flops(bench)
   return bench
@@ -157,12 +157,11 @@ def _stage1(args, config) -> Bench:
 def direct_convolution_flops(bench: Bench) -> float:
   """Per-device FLOPs of `bench`'s step with every convolution computed
   directly (no Winograd): what the architecture costs."""
-  from vqjax import parallel, xla_cpu  # pylint: disable=g-import-not-at-top
-  reference = copy.copy(bench.task)  # Same data and state; direct convolutions.
-  reference.kernels = "xla"  # ... computed by the kernels entered here:
-  with xla_cpu.kernels(winograd=False):
-    step = parallel.data_parallel(reference.train_step)
-    return compiled_flops(step.lower(bench.state, bench.batch).compile())
+  from vqjax import parallel  # pylint: disable=g-import-not-at-top
+  reference = copy.copy(bench.task)  # Same data and state; direct convolutions:
+  reference.model = bench.task.eval_model  # the inference build's.
+  step = parallel.data_parallel(reference.train_step)
+  return compiled_flops(step.lower(bench.state, bench.batch).compile())
 
 
 def _fwd_bwd(fn: Callable, params, inputs: tuple,
@@ -202,22 +201,25 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   across components in the full step, so the rows do not add up exactly).
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from vqjax import kernels, quantizer as vq  # pylint: disable=g-import-not-at-top
+  from vqjax import quantizer as vq  # pylint: disable=g-import-not-at-top
+  from vqjax.models import build  # pylint: disable=g-import-not-at-top
   from vqjax.models import vqvae as vqvae_models  # pylint: disable=g-import-not-at-top
 
   params = state.params
   enc, dec = params["encoder"], params["decoder"]
   cfg = task.config
   nh = cfg.model.num_hiddens
+  layers = build.layers(cfg.model.kernels)  # What the trained model uses.
+  conv = layers.get("conv", nn.Conv)
+  conv_transpose = layers.get("conv_transpose", nn.ConvTranspose)
   stack = vqvae_models.ResidualStack(nh, cfg.model.num_residual_hiddens,
-                                     cfg.model.num_residual_layers)
-  conv3 = nn.Conv(nh, (3, 3))
+                                     cfg.model.num_residual_layers, conv=conv)
+  conv3 = conv(nh, (3, 3))
   rows = []
 
   def apply(module):
     def fn(p, i):
-      with kernels.scope(task.kernels):
-        return module.apply({"params": p}, i)
+      return module.apply({"params": p}, i)
     return fn
 
   def add(name, module, p, inp, input_grad=True):
@@ -231,7 +233,7 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(down):
     feats = enc[k]["kernel"].shape[-1]
     h = jax.nn.relu(add(f"encoder {k} 4x4/2 {h.shape[-1]}->{feats}",
-                        nn.Conv(feats, (4, 4), strides=(2, 2)), enc[k], h,
+                        conv(feats, (4, 4), strides=(2, 2)), enc[k], h,
                         input_grad=i > 0))  # No gradient for the images.
   convs = sorted(k for k in enc if k.startswith("Conv_") and k not in down)
   for k in convs:
@@ -239,21 +241,18 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   h = add("encoder residual stack", stack, enc["ResidualStack_0"], h)
   code_dim = cfg.quantizer.code_dim
   z = add(f"pre-quantization 1x1 {nh}->{code_dim}",
-          nn.Conv(code_dim, (1, 1)), params["pre_quantization"], h)
+          conv(code_dim, (1, 1)), params["pre_quantization"], h)
 
   # The quantizer: as in training (EMA update + dead-code restart).
   ema = state.model_state["vq_ema"]["quantizer"]
   q = vq.EMAState(**ema)
   key = jax.random.PRNGKey(0)
-  if kernels.resolve(task.kernels) == "xla_cpu":
-    from vqjax.xla_cpu import quantizer as nearest  # pylint: disable=g-import-not-at-top
-  else:
-    nearest = vq
+  nearest_code = layers.get("nearest_code", vq.nearest_code)
 
   def quant(p, z):
     del p
     codebook = q.codebook
-    indices = nearest.nearest_code(z, codebook)
+    indices = nearest_code(z, codebook)
     z_q = vq.lookup(indices, codebook)
     new = vq.ema_update(q, z, indices, cfg.quantizer.decay,
                         cfg.quantizer.epsilon)
@@ -272,7 +271,7 @@ def vqvae_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   for i, k in enumerate(ups):
     feats = dec[k]["kernel"].shape[-1]
     h = add(f"decoder {k} 4x4/2T {h.shape[-1]}->{feats}",
-            nn.ConvTranspose(feats, (4, 4), strides=(2, 2)), dec[k], h)
+            conv_transpose(feats, (4, 4), strides=(2, 2)), dec[k], h)
     if i < len(ups) - 1:
       h = jax.nn.relu(h)
   return rows
@@ -323,15 +322,16 @@ def prior_breakdown(task, state, x: jax.Array, repeats: int) -> list[dict]:
   d = model.kernel_size // 2
   params = {"params": state.params}
   bound = model.bind(params)
-  emb = bound.embed(x)
+  pixelcnn = bound.pixelcnn
+  emb = pixelcnn.embed(x)
   v_pad = jnp.pad(emb, ((0, 0), (d, 0), (d, d), (0, 0)))
   h_pad = jnp.pad(emb, ((0, 0), (0, 0), (d, 0), (0, 0)))
   layer = 1 if model.num_layers > 1 else 0
-  v_pre = bound.layers[layer].vertical(v_pad, 0.0)
-  skip = bound.layers[layer].horizontal(h_pad, v_pre, 0.0)[1]
+  v_pre = pixelcnn.layers[layer].vertical(v_pad, 0.0)
+  skip = pixelcnn.layers[layer].horizontal(h_pad, v_pre, 0.0)[1]
 
-  def part(fn):
-    return lambda p, *inputs: fn(model.bind(p), *inputs)
+  def part(fn):  # fn(the bound GatedPixelCNN, *inputs)
+    return lambda p, *inputs: fn(model.bind(p).pixelcnn, *inputs)
 
   def head_loss(m, skip):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
@@ -458,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
   row["load_average"] = _load()
   row["jax"] = jax.__version__
   row["malloc"] = "reuse_freed_memory" if cpu["malloc"] else "default"
-  if hasattr(bench.task, "kernels"):
-    row["kernels"] = bench.task.kernels
+  if "kernels" in config.model:
+    from vqjax.models import build  # pylint: disable=g-import-not-at-top
+    row["kernels"] = build.resolve_kernels(config.model.kernels)
   row["platform"] = jax.devices()[0].platform
   result = {"train_step": row}
   if args.breakdown and bench.breakdown is not None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from vqjax import checkpoint, kernels, runs
-from vqjax.models import to_float
-from vqjax.train import vqvae
+from vqjax import checkpoint, runs
+from vqjax.models import build, to_float
+from vqjax.train import stage1
 
 
 def _assert_trees_equal(a, b, **tol):
@@ -20,7 +20,7 @@ def _assert_trees_equal(a, b, **tol):
 
 
 def test_save_restore_round_trip(tmp_path, mnist_dir):
-  task = vqvae.VQVAETask(load_config("mnist_vqvae", "tiny"))
+  task = stage1.Stage1Task(load_config("mnist_vqvae", "tiny"))
   batch = {"image": task.train_data.images[:1]}
   state = task.create_train_state(jax.random.PRNGKey(0), batch)
   ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2)
@@ -38,17 +38,17 @@ def test_save_restore_round_trip(tmp_path, mnist_dir):
 def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_dir):
   config = load_config("mnist_vqvae", "tiny")  # 6 steps, checkpoint every 3
   straight = str(tmp_path / "straight")
-  vqvae.train_and_evaluate(config, straight)
+  stage1.train_and_evaluate(config, straight)
 
   resumed = str(tmp_path / "resumed")
   first_half = load_config("mnist_vqvae", "tiny")
   first_half.train.num_steps = 3
-  vqvae.train_and_evaluate(first_half, resumed)
+  stage1.train_and_evaluate(first_half, resumed)
   assert checkpoint.Checkpointer(resumed).latest_step() == 3
-  vqvae.train_and_evaluate(config, resumed)
+  stage1.train_and_evaluate(config, resumed)
 
-  a = runs.restore_vqvae(straight)
-  b = runs.restore_vqvae(resumed)
+  a = runs.restore_stage1(straight)
+  b = runs.restore_stage1(resumed)
   assert a.step == b.step == 6
   _assert_trees_equal(a.variables, b.variables, rtol=1e-6, atol=1e-7)
 
@@ -56,16 +56,16 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_dir):
 def test_resuming_with_another_architecture_is_a_clear_error(tmp_path, mnist_dir):
   config = load_config("mnist_vqvae", "tiny")
   config.train.num_steps = 3
-  vqvae.train_and_evaluate(config, str(tmp_path))
+  stage1.train_and_evaluate(config, str(tmp_path))
   config.model.num_hiddens = 32
   with pytest.raises(checkpoint.CheckpointError, match="model.num_hiddens=16"):
-    vqvae.train_and_evaluate(config, str(tmp_path))
+    stage1.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 3  # kept
 
 
 def test_restore_from_a_folder_that_is_not_a_run(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="not a vqjax run"):
-    runs.restore_vqvae(str(tmp_path))
+    runs.restore_stage1(str(tmp_path))
 
 
 @pytest.mark.parametrize("first,second", [("xla_cpu", "xla"), ("xla", "xla_cpu")])
@@ -76,18 +76,19 @@ def test_run_resumes_with_other_kernels_and_same_loss(tmp_path, mnist_dir,
   config = load_config("mnist_vqvae", "tiny")
   config.train.num_steps = 3
   config.model.kernels = first
-  vqvae.train_and_evaluate(config, str(tmp_path))
+  stage1.train_and_evaluate(config, str(tmp_path))
   config.train.num_steps = 6
   config.model.kernels = second
-  vqvae.train_and_evaluate(config, str(tmp_path))
+  stage1.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 6
 
-  run = runs.restore_vqvae(str(tmp_path))
+  run = runs.restore_stage1(str(tmp_path))
   x = to_float(np.asarray(task_images(config)[:8]))
 
   def loss(variables, kernels_name):
-    with kernels.scope(kernels_name):
-      out = run.model.apply(variables, x)
+    config.model.kernels = kernels_name
+    model = build.stage1(config, out_channels=1)
+    out = model.apply(variables, x)
     return jnp.mean(jnp.square(out["reconstruction"] - x)) + out["loss"]
 
   losses = [float(jax.jit(loss, static_argnums=1)(run.variables, k))

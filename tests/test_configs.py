@@ -3,7 +3,6 @@
 import pytest
 
 from conftest import load_config
-from vqjax import kernels
 from vqjax.models import build
 
 VQVAE_CONFIGS = [("mnist_vqvae", ""), ("mnist_vqvae", "tiny"),
@@ -24,21 +23,21 @@ PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
 @pytest.mark.parametrize("name,variant", VQVAE_CONFIGS)
 def test_vqvae_configs_build(name, variant):
   config = load_config(name, variant)
-  model = build.autoencoder(config, out_channels=3)
+  model = build.stage1(config, out_channels=3)
   expected = {"vq": ("top", "bottom") if config.model.top_downsamples
-              else ("",), "ae": (), "vae": ()}[config.model.bottleneck]
+              else ("codes",), "ae": (), "vae": ()}[config.model.bottleneck]
   assert model.levels == expected
   if expected:
     assert model.num_codes == config.quantizer.num_codes
-  assert kernels.resolve(config.model.kernels) in ("xla", "xla_cpu")
+  assert build.resolve_kernels(config.model.kernels) in ("xla", "xla_cpu")
   assert config.train.batch_size > 0 and config.eval.batch_size > 0
 
 
 @pytest.mark.parametrize("name,variant", PRIOR_CONFIGS)
 def test_prior_configs_build(name, variant):
   config = load_config(name, variant)
-  model = build.pixelcnn(config, num_values=256, num_channels=1,
-                         num_classes=10)
+  model = build.code_prior(config, num_values=256, num_channels=1,
+                           num_classes=10)
   assert model.features == config.model.features
   assert (model.num_classes == 10) == config.model.conditional
 
@@ -56,17 +55,17 @@ def test_bad_dtype_and_kernels_are_one_clear_error():
   config = load_config("mnist_vqvae", "tiny")
   config.model.dtype = "float16"
   with pytest.raises(ValueError, match="model.dtype='float16' is not one of"):
-    build.autoencoder(config, out_channels=1)
+    build.stage1(config, out_channels=1)
   with pytest.raises(ValueError, match="model.kernels='gpu' is not one of"):
-    kernels.resolve("gpu")
+    build.resolve_kernels("gpu")
 
 
 def test_bad_bottleneck_is_one_clear_error():
   config = load_config("mnist_vqvae", "tiny")
   config.model.bottleneck = "gumbel"
   with pytest.raises(ValueError, match="model.bottleneck='gumbel' is not"):
-    build.autoencoder(config, out_channels=1)
+    build.stage1(config, out_channels=1)
   config.model.bottleneck = "vae"
   config.model.top_downsamples = 1
   with pytest.raises(ValueError, match="needs model.bottleneck='vq'"):
-    build.autoencoder(config, out_channels=1)
+    build.stage1(config, out_channels=1)

@@ -19,7 +19,7 @@ from vqjax.models import build
 from vqjax.models.autoencoder import SAMPLE_RNG, Autoencoder
 from vqjax.models.vector_quantizer import EMA_COLLECTION
 from vqjax.models.vqvae2 import VQVAE2
-from vqjax.train import vqvae
+from vqjax.train import stage1
 
 SMALL = dict(num_hiddens=8, num_residual_hiddens=4, num_residual_layers=1,
              num_codes=8, code_dim=4)
@@ -147,7 +147,7 @@ def _tiny(name, variant=""):
 ])
 def test_vqvae2_shapes_and_decode_of_codes(name, image, bottom, top):
   config = _tiny(name)
-  model = build.autoencoder(config, out_channels=image[-1])
+  model = build.stage1(config, out_channels=image[-1])
   assert isinstance(model, VQVAE2) and model.levels == ("top", "bottom")
   x = _images((2, *image))
   variables = _random_variables(model, x)
@@ -159,8 +159,9 @@ def test_vqvae2_shapes_and_decode_of_codes(name, image, bottom, top):
   assert out["levels"]["bottom"]["z_e"].shape == (2, *bottom, 4)
   codes = model.apply(variables, x, method=VQVAE2.encode_to_indices)
   assert set(codes) == {"top", "bottom"}
-  np.testing.assert_array_equal(codes["top"], out["levels"]["top"]["indices"])
-  np.testing.assert_array_equal(codes["bottom"],
+  np.testing.assert_array_equal(codes["top"][..., 0],
+                                out["levels"]["top"]["indices"])
+  np.testing.assert_array_equal(codes["bottom"][..., 0],
                                 out["levels"]["bottom"]["indices"])
   decoded = model.apply(variables, codes["top"], codes["bottom"],
                         method=VQVAE2.decode_indices)
@@ -374,7 +375,7 @@ def test_vae_trains_on_mnist_elbo_decreases_and_samples(tmp_path):
   config.train.learning_rate = 1e-3  # A clear trend within 30 steps.
   config.eval.every = 15
   workdir = str(tmp_path)
-  metrics = vqvae.train_and_evaluate(config, workdir)
+  metrics = stage1.train_and_evaluate(config, workdir)
   train = _records(workdir, "train")
   assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
   # The training loss is the negative ELBO per dimension (nats).
@@ -399,7 +400,7 @@ def vqvae2_run(tmp_path_factory):
   """A 2-step tiny VQ-VAE-2 run on MNIST: (workdir, final test metrics)."""
   config = _short_run("mnist_vqvae2", "tiny", num_steps=2)
   workdir = str(tmp_path_factory.mktemp("vqvae2"))
-  return workdir, vqvae.train_and_evaluate(config, workdir)
+  return workdir, stage1.train_and_evaluate(config, workdir)
 
 
 def _code_bits_per_dim(levels):
@@ -411,8 +412,8 @@ def test_every_stage1_model_reports_bits_per_dim(tmp_path, vqvae2_run):
   ae_config = _short_run("mnist_vae", "tiny", num_steps=2)
   ae_config.model.bottleneck = "ae"
   metrics = {
-      "ae": vqvae.train_and_evaluate(ae_config, str(tmp_path / "ae")),
-      "vqvae": vqvae.train_and_evaluate(
+      "ae": stage1.train_and_evaluate(ae_config, str(tmp_path / "ae")),
+      "vqvae": stage1.train_and_evaluate(
           _short_run("mnist_vqvae", "tiny", num_steps=2),
           str(tmp_path / "vqvae")),
       "vqvae2": vqvae2_run[1]}
@@ -438,14 +439,14 @@ def test_every_stage1_model_reports_bits_per_dim(tmp_path, vqvae2_run):
 
 def test_vqvae2_run_restores_with_two_code_levels(vqvae2_run):
   workdir, _ = vqvae2_run
-  trained = runs.restore_vqvae(workdir)
+  trained = runs.restore_stage1(workdir)
   assert trained.step == 2 and trained.levels == ("top", "bottom")
   assert trained.code_shapes == {"top": (7, 7), "bottom": (14, 14)}
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)
   codes = trained.encode_levels(images)
   assert set(codes) == {"top", "bottom"}
   for level, (h, w) in trained.code_shapes.items():
-    assert codes[level].shape == (3, h, w)
+    assert codes[level].shape == (3, h, w, 1)
     assert codes[level].dtype == jnp.int32
     assert 0 <= int(codes[level].min()) and int(codes[level].max()) < 32
   decoded = trained.decode_levels(codes)

@@ -24,8 +24,11 @@ def test_vqvae_shapes(num_downsamples):
   assert out["indices"].shape == (2, h, h)
   assert out["z_e"].shape == (2, h, h, 4)
   codes = model.apply(variables, x, method=VQVAE.encode_to_indices)
+  assert codes.shape == (2, h, h, 1)
   decoded = model.apply(variables, codes, method=VQVAE.decode_indices)
   np.testing.assert_allclose(decoded, out["reconstruction"], atol=1e-5)
+  with pytest.raises(ValueError, match=r"code grid \[B, h, w, 1\]"):
+    model.apply(variables, codes[..., 0], method=VQVAE.decode_indices)
 
 
 def test_decoder_gradient_reaches_encoder_params():
@@ -61,3 +64,15 @@ def test_ema_quantizer_restart_needs_and_uses_rng():
   out, updated = q.apply(variables, z, train=True, mutable=[EMA_COLLECTION],
                          rngs={"restart": jax.random.PRNGKey(2)})
   assert float(out["restarted"]) >= 64 - 16  # at most 16 codes were used
+
+
+def test_training_without_the_ema_collection_mutable_is_an_error():
+  """`train=True` on the EMA codebook without `vq_ema` mutable would skip the
+  codebook update silently: it raises, naming what to pass."""
+  model = VQVAE(**SMALL)
+  x = jnp.zeros((2, 8, 8, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match=r"mutable=\['vq_ema'\]"):
+    model.apply(variables, x, train=True)
+  model.apply(variables, x, train=True, mutable=[EMA_COLLECTION])
+  model.apply(variables, x)  # Evaluation needs nothing mutable.

@@ -15,13 +15,13 @@ SCRIPT = textwrap.dedent("""
     from conftest import load_config
     from flax import jax_utils
     from vqjax import data, parallel
-    from vqjax.train.vqvae import VQVAETask
+    from vqjax.train.stage1 import Stage1Task
 
     assert jax.local_device_count() == 2, jax.devices()
     config = load_config("mnist_vqvae", "tiny")
     config.quantizer.kmeans_init = True
     config.quantizer.kmeans_iters = 3
-    task = VQVAETask(config)
+    task = Stage1Task(config)
     batches = data.train_batches(task.train_data, 16, seed=0)
     steps = [next(batches) for _ in range(3)]
     state0 = task.create_train_state(jax.random.PRNGKey(0),

@@ -55,7 +55,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path,
   _finish(_launch([*TINY, f"--workdir={single}", "--cpu_devices=2",
                    "--config.train.num_steps=3"], {}))
 
-  a, b = runs.restore_vqvae(multi), runs.restore_vqvae(single)
+  a, b = runs.restore_stage1(multi), runs.restore_stage1(single)
   assert a.step == b.step == 3
   leaves_a = jax.tree_util.tree_leaves_with_path(a.variables)
   leaves_b = jax.tree_util.tree_leaves(b.variables)

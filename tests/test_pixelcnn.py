@@ -186,25 +186,21 @@ def test_xla_cpu_kernels_compute_the_same_logits_and_gradients(num_channels):
   exact zero coefficient is only ~1e-7 of the weights; training alone uses it,
   evaluation and sampling stay direct)."""
   from vqjax import xla_cpu  # pylint: disable=g-import-not-at-top
-  model = GatedPixelCNN(num_values=V, num_channels=num_channels, features=12,
-                        num_layers=2, kernel_size=5, head_features=12,
-                        num_classes=3)
+  fields = dict(num_values=V, num_channels=num_channels, features=12,
+                num_layers=2, kernel_size=5, head_features=12, num_classes=3)
+  model = GatedPixelCNN(**fields)
+  fast = GatedPixelCNN(**fields, valid_conv=xla_cpu.valid_conv)
   rng = np.random.default_rng(1)
   x = rng.integers(0, V, (2, 7, 7, num_channels))
   labels = jnp.array([0, 2])
   params = random_params(model, x, labels)
   cotangent = rng.standard_normal((2, 7, 7, num_channels, V)).astype(np.float32)
 
-  def loss(params):
-    return jnp.vdot(model.apply(params, x, labels), cotangent)
-
   def value_and_grad(winograd: bool):
-    def fn(params):
-      if not winograd:
-        return jax.value_and_grad(loss)(params)
-      with xla_cpu.kernels():
-        return jax.value_and_grad(loss)(params)
-    return jax.jit(fn)(params)
+    def loss(params):
+      return jnp.vdot((fast if winograd else model).apply(params, x, labels),
+                      cotangent)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
   (value, grads), (value_direct, grads_direct) = (value_and_grad(True),
                                                   value_and_grad(False))
@@ -216,8 +212,7 @@ def test_xla_cpu_kernels_compute_the_same_logits_and_gradients(num_channels):
                                np.asarray(g_direct) / scale, atol=2e-5,
                                err_msg=jax.tree_util.keystr(path))
 
-  with xla_cpu.kernels():
-    dep = _dependencies(model, params, labels=labels[:1])
+  dep = _dependencies(fast, params, labels=labels[:1])
   dep_direct = _dependencies(model, params, labels=labels[:1])
   n = dep.shape[0]
   later = np.triu(np.ones((n, n), bool))

@@ -10,7 +10,7 @@ from conftest import load_config
 from vqjax import data, parallel
 from vqjax import quantizer as vq
 from vqjax.models import VectorQuantizer
-from vqjax.train import prior, vqvae
+from vqjax.train import prior, stage1
 
 
 def test_quantizer_outputs_are_float32_whatever_the_input_dtype():
@@ -51,7 +51,7 @@ def test_bfloat16_vqvae_step_is_finite_and_close_to_float32(mnist_dir):
   for dtype in ("float32", "bfloat16"):
     config = load_config("mnist_vqvae", "tiny")
     config.model.dtype = dtype
-    task = vqvae.VQVAETask(config)
+    task = stage1.Stage1Task(config)
     batch = next(data.train_batches(task.train_data, 16, seed=0))
     state, metrics = _one_step(task, batch)
     _assert_float32_state(state)

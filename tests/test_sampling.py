@@ -139,3 +139,48 @@ def test_invalid_arguments():
     sample(model, params, key, (2, 2, 2, 3), labels=labels)
   with pytest.raises(ValueError, match="labels"):
     sample(model, params, key, shape)
+
+
+def test_sampler_runs_inside_jit_with_a_traced_temperature_and_greedy():
+  """A user's jitted function may pass a traced temperature; `greedy` takes
+  the argmax at every step (the same for every key), and it equals the
+  argmax of the model's logits on its own samples."""
+  model = GatedPixelCNN(num_values=5, features=8, num_layers=1, kernel_size=3,
+                        head_features=8)
+  shape = (3, 3, 4, 1)
+  params = random_params(model, jnp.zeros(shape, jnp.int32), logit_scale=3.0)
+
+  @jax.jit
+  def draw(key, temperature):
+    return sample(model, params, key, shape, temperature)
+
+  np.testing.assert_array_equal(
+      draw(jax.random.key(0), 0.7),
+      sample(model, params, jax.random.key(0), shape, temperature=0.7))
+  greedy = [sample(model, params, jax.random.key(k), shape, greedy=True,
+                   method=m) for k, m in ((0, "cached"), (1, "plain"))]
+  np.testing.assert_array_equal(greedy[0], greedy[1])
+  logits = model.apply(params, greedy[0])
+  np.testing.assert_array_equal(greedy[0], jnp.argmax(logits, axis=-1))
+
+
+def test_code_prior_samples_given_top_codes():
+  """A VQ-VAE-2 bottom prior (`CodePrior` with top codes): the sampler
+  computes its conditioning map from the top codes, cached == plain, and
+  the logits it sampled from are the model's on the final samples."""
+  from vqjax.models import CodePrior  # pylint: disable=g-import-not-at-top
+  prior = CodePrior(num_values=5, features=8, num_layers=1, kernel_size=3,
+                    head_features=8, top_num_codes=4, top_upsamples=1,
+                    cond_features=4)
+  shape = (2, 4, 4, 1)
+  top = jax.random.randint(jax.random.key(0), (2, 2, 2, 1), 0, 4)
+  variables = prior.init(jax.random.key(1), jnp.zeros(shape, jnp.int32),
+                         top_codes=top)
+  runs = [sample_with_logits(prior, variables, jax.random.key(2), shape,
+                             top_codes=top, method=m)
+          for m in ("cached", "plain")]
+  np.testing.assert_array_equal(runs[0][0], runs[1][0])
+  full = prior.apply(variables, runs[0][0], top_codes=top)
+  np.testing.assert_allclose(runs[0][1], full, atol=1e-4)
+  with pytest.raises(ValueError, match="top_codes"):
+    sample(prior, variables, jax.random.key(2), shape)

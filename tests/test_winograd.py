@@ -1,5 +1,7 @@
 """Winograd convolutions compute the direct convolution's function."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,12 +104,15 @@ def test_conv_is_jittable_and_rejects_what_it_does_not_support():
 
 def _value_and_grads(module, params, x, cotangent, winograd=None):
   """`module.apply(params, x)` and the gradients of `<output, cotangent>`,
-  computed by Flax (`winograd=None`) or by the CPU kernels."""
-  def apply(params, x):
-    if winograd is None:
-      return module.apply(params, x)
-    with xla_cpu.kernels(winograd=winograd):
-      return module.apply(params, x)
+  computed by Flax's layer `module` (`winograd=None`) or by its
+  `vqjax.xla_cpu` twin."""
+  if winograd is not None:
+    cls = {nn.Conv: xla_cpu.Conv,
+           nn.ConvTranspose: xla_cpu.ConvTranspose}[type(module)]
+    module = cls(**{f.name: getattr(module, f.name)
+                    for f in dataclasses.fields(module)
+                    if f.name not in ("parent", "name")}, winograd=winograd)
+  apply = module.apply
 
   loss = lambda p, x: jnp.vdot(apply(p, x), cotangent)
   return jax.jit(lambda p, x: (apply(p, x), jax.grad(loss, (0, 1))(p, x)))(

@@ -1,6 +1,8 @@
-"""`vqjax.xla_cpu.kernels` computes what Flax's own layers compute, gradients
-too, on the same parameters; and its process settings stay off non-CPU runs."""
+"""`vqjax.xla_cpu`'s layers compute what Flax's own layers compute, gradients
+too, on the same parameters; models built with them (`vqjax.models.build`)
+are the same functions; and its process settings stay off non-CPU runs."""
 
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -9,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqjax import kernels, xla_cpu
+from vqjax import xla_cpu
+from vqjax.models import build
 from vqjax.models.vqvae import VQVAE
 from vqjax.xla_cpu import convolutions, process
 from vqjax.xla_cpu import quantizer as cpu_quantizer
@@ -23,17 +26,21 @@ def _computed_by_xla_cpu(fn, *args) -> bool:
   return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
 
 
-def _assert_same_function(module, x, winograd=True):
-  """`module` (a Flax layer taking one input x [B, H, W, C]) computed inside
-  and outside `xla_cpu.kernels()`: same params tree and init, same outputs
-  and gradients (input, params)."""
-  def cpu_apply(variables, x):
-    with xla_cpu.kernels(winograd=winograd):
-      return module.apply(variables, x)
+def _on_xla_cpu(module, winograd):
+  """The `vqjax.xla_cpu` layer with the fields of Flax's `module`."""
+  cls = {nn.Conv: xla_cpu.Conv, nn.ConvTranspose: xla_cpu.ConvTranspose}[
+      type(module)]
+  fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+            if f.name not in ("parent", "name")}
+  return cls(**fields, winograd=winograd)
 
-  def cpu_init(key, x):
-    with xla_cpu.kernels(winograd=winograd):
-      return module.init(key, x)
+
+def _assert_same_function(module, x, winograd=True):
+  """Flax's layer `module` (taking one input x [B, H, W, C]) and its
+  `vqjax.xla_cpu` twin: same params tree and init, same outputs and
+  gradients (input, params)."""
+  fast = _on_xla_cpu(module, winograd)
+  cpu_apply, cpu_init = fast.apply, fast.init
 
   assert jax.eval_shape(cpu_init, jax.random.PRNGKey(0), x) == jax.eval_shape(
       module.init, jax.random.PRNGKey(0), x)
@@ -101,22 +108,29 @@ def test_conv_matches_nn_conv(kernel, strides, padding, shape, features):
       _input(shape))
 
 
-@pytest.mark.parametrize("winograd", [True, False])
-def test_vqvae_same_function_with_xla_cpu_kernels(winograd):
-  """The whole VQ-VAE (encoder, quantizer, decoder) inside and outside the
-  CPU kernels: same parameters, reconstruction, codes and gradients."""
-  model = VQVAE(num_hiddens=32, num_residual_hiddens=8, num_residual_layers=1,
+@pytest.mark.parametrize("inference", [False, True])
+def test_vqvae_same_function_with_xla_cpu_layers(inference):
+  """The whole VQ-VAE (encoder, quantizer, decoder) with the layers
+  `build.layers("xla_cpu")` injects (Winograd for training, direct for
+  inference) and with Flax's: same parameters, reconstruction, codes and
+  gradients."""
+  fields = dict(num_hiddens=32, num_residual_hiddens=8, num_residual_layers=1,
                 num_codes=8, code_dim=4, use_ema=False)
+  model = VQVAE(**fields)
+  layers = build.layers("xla_cpu", inference)
+  layers.pop("valid_conv", None)  # The PixelCNN's, not the VQ-VAE's.
+  fast = VQVAE(**fields, **layers)
   x = _input((2, 28, 28, 1)) * 0.3
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  assert jax.eval_shape(fast.init, jax.random.PRNGKey(0), x) == shapes
   rng = np.random.default_rng(1)
   variables = jax.tree_util.tree_map(
       lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.2, shapes)
+  assert _computed_by_xla_cpu(fast.apply, variables, x)
+  assert not _computed_by_xla_cpu(model.apply, variables, x)
 
   def run(variables, cpu):
-    with (xla_cpu.kernels(winograd=winograd) if cpu else
-          kernels.scope("xla")):
-      out = model.apply(variables, x)
+    out = (fast if cpu else model).apply(variables, x)
     return jnp.mean(jnp.sin(3 * out["reconstruction"])) + out["loss"], out
 
   @jax.jit
@@ -125,7 +139,8 @@ def test_vqvae_same_function_with_xla_cpu_kernels(winograd):
             for cpu in (True, False)]
 
   ((loss_cpu, out_cpu), g_cpu), ((loss, out), g) = both(variables)
-  np.testing.assert_array_equal(out_cpu["indices"], out["indices"])
+  np.testing.assert_array_equal(out_cpu["levels"]["codes"]["indices"],
+                                out["levels"]["codes"]["indices"])
   np.testing.assert_allclose(out_cpu["reconstruction"], out["reconstruction"],
                              **TOL)
   np.testing.assert_allclose(loss_cpu, loss, **TOL)
@@ -160,10 +175,31 @@ def test_argmin_matches_jnp_argmin_with_ties_and_nans():
 
 def test_auto_kernels_follow_the_backend():
   assert jax.default_backend() == "cpu"
-  assert kernels.resolve("auto") == "xla_cpu"
-  assert kernels.resolve("xla") == "xla"
+  assert build.resolve_kernels("auto") == "xla_cpu"
+  assert build.resolve_kernels("xla") == "xla"
   with pytest.raises(ValueError, match="model.kernels='cuda' is not one of"):
-    kernels.resolve("cuda")
+    build.resolve_kernels("cuda")
+
+
+def test_models_built_for_cpu_are_fast_and_direct_modules_are_flax():
+  """`build` injects the XLA:CPU layers with no call around `apply`; a
+  module instantiated directly computes with Flax's; the backend package
+  imports no model."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("mnist_vqvae", "tiny")
+  built = build.stage1(config, out_channels=1)
+  assert built.conv.func is xla_cpu.Conv and built.conv.keywords["winograd"]
+  assert built.nearest_code is xla_cpu.nearest_code
+  assert not build.stage1(config, 1, inference=True).conv.keywords["winograd"]
+  assert VQVAE().conv is nn.Conv and VQVAE().conv_transpose is nn.ConvTranspose
+  config.model.kernels = "xla"
+  assert build.stage1(config, out_channels=1).conv is nn.Conv
+  import sys  # pylint: disable=g-import-not-at-top
+  out = __import__("subprocess").run(
+      [sys.executable, "-c", "import sys, vqjax.xla_cpu; print(sorted(m for m "
+       "in sys.modules if m.startswith('vqjax.models')))"],
+      capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
 
 
 def test_process_settings_stay_off_other_backends(monkeypatch):

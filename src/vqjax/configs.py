@@ -19,7 +19,9 @@ def train_group(batch_size: int, learning_rate: float, num_steps: int = 2000,
   return ml_collections.ConfigDict(dict(
       batch_size=batch_size, num_steps=num_steps, learning_rate=learning_rate,
       weight_decay=0.0, warmup_steps=0, cosine_decay=cosine_decay,
-      grad_clip_norm=grad_clip_norm, log_every=100))
+      grad_clip_norm=grad_clip_norm, log_every=100,
+      # Non-finite steps are skipped; this many in a row stop the run.
+      max_bad_steps=20))
 
 
 def vqvae_defaults() -> ml_collections.ConfigDict:
@@ -43,7 +45,7 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.model.num_residual_layers = 2
   config.model.num_downsamples = 2  # 28x28 -> 7x7 codes (VQ-VAE-2: the bottom grid)
   config.model.top_downsamples = 0  # > 0: VQ-VAE-2, a top grid 2^this coarser
-  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
+  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.models.build); not architecture
   config.model.dtype = "float32"    # float32 | bfloat16 activations; params, quantizer in float32
 
   config.quantizer = ml_collections.ConfigDict()
@@ -130,7 +132,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.seed = 0
   config.progress_bar = True
   config.vqvae_workdir = ""        # stage-1 run folder; "" = model raw pixels
-  config.level = ""                # a VQ-VAE-2 run's codes to model: top | bottom
+  config.level = "codes"           # the code grid to model: codes (VQ-VAE) | top | bottom (VQ-VAE-2)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"
@@ -147,7 +149,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.conditional = False  # class-conditional on the dataset labels
   config.model.cond_features = 64   # bottom level: width of the top-code conditioning map
   config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
-  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.kernels); not architecture
+  config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.models.build); not architecture
 
   config.train = train_group(batch_size=64, learning_rate=1e-3,
                              cosine_decay=True, grad_clip_norm=1.0)

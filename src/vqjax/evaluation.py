@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from vqjax import checkpoint, data, generate, metrics, runs
-from vqjax import logging as vqjax_logging
+from vqjax import metric_writer
 from vqjax.models.classifier import Classifier
 from vqjax.models.vqvae import to_float
 from vqjax.train import classifier as classifier_lib
@@ -124,7 +124,7 @@ def _in_chunks(fn, num: int, chunk: int = 500) -> np.ndarray:
                          for start in range(0, num, chunk)])
 
 
-def likelihood_bound(vqvae: runs.TrainedVQVAE,
+def likelihood_bound(vqvae: runs.TrainedStage1,
                      priors: tuple[runs.TrainedPrior, ...] = ()) -> dict:
   """Bits per dimension of the test split, from the runs' logged test
   metrics: the decoder likelihood alone, plus the code cost under uniform
@@ -133,7 +133,7 @@ def likelihood_bound(vqvae: runs.TrainedVQVAE,
   Returns `{}` if the stage-1 run logged no `reconstruction_bits_per_dim` at
   its checkpoint's step (runs from before vqjax logged it).
   """
-  logged = vqjax_logging.read_test_metrics(vqvae.workdir, vqvae.step)
+  logged = metric_writer.read_test_metrics(vqvae.workdir, vqvae.step)
   if not logged or "reconstruction_bits_per_dim" not in logged:
     return {}
   bound = {"reconstruction only": logged["reconstruction_bits_per_dim"],
@@ -142,7 +142,7 @@ def likelihood_bound(vqvae: runs.TrainedVQVAE,
     dims = math.prod(vqvae.image_shape)
     nats = 0.0
     for prior in priors:
-      prior_metrics = vqjax_logging.read_test_metrics(prior.workdir, prior.step)
+      prior_metrics = metric_writer.read_test_metrics(prior.workdir, prior.step)
       if not prior_metrics:
         return bound
       nats += prior_metrics["nll_nats"] * math.prod(prior.sample_shape)
@@ -186,8 +186,8 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
       sets["random codes"] = _in_chunks(
           lambda start, n: generate.random_codes(
               prior, keys[-1 - start // 500], n)[0], num)
-  elif kind == "vqvae":
-    vqvae = runs.restore_vqvae(workdir)
+  elif kind == "stage1":
+    vqvae = runs.restore_stage1(workdir)
     data_config = vqvae.config.data
     if vqvae.config.model.bottleneck == "vae":
       sets["VAE samples (z ~ N(0, I))"] = _in_chunks(

@@ -1,7 +1,7 @@
 """Pictures from a trained prior: the modes of `sample.py`.
 
 Each mode returns uint8 images `[N, H, W, C]` plus the raw samples it drew
-(codes `[N, h, w]` for a code prior, pixels for a pixel prior).
+(codes `[N, h, w, 1]` for a code prior, pixels for a pixel prior).
 """
 
 from __future__ import annotations
@@ -42,14 +42,15 @@ def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
 def random_codes(prior: TrainedPrior, key: jax.Array, num: int):
   """Uniformly random codes (on every level of a VQ-VAE-2), decoded: what
   the VQ-VAE makes without a prior. Returns (images, codes: `[N, h, w]` for
-  one level, `{level: [N, h, w]}` for two)."""
+  one level, `{level: [N, h, w, 1]}` for two)."""
   vqvae = prior.vqvae
   keys = jax.random.split(key, len(vqvae.levels))
   codes = {level: np.asarray(jax.random.randint(
-      k, (num,) + vqvae.code_shapes[level], 0, vqvae.num_codes), np.int32)
+      k, (num,) + vqvae.code_shapes[level] + (1,), 0, vqvae.num_codes),
+                             np.int32)
            for k, level in zip(keys, vqvae.levels)}
   pictures = np.asarray(vqvae.decode_levels(codes))
-  return pictures, codes.get("", codes)
+  return pictures, codes if len(codes) > 1 else next(iter(codes.values()))
 
 
 def nearest_neighbours(codebook: np.ndarray, num_neighbours: int) -> np.ndarray:
@@ -67,7 +68,7 @@ def codes_near_test(prior: TrainedPrior, test_images: np.ndarray,
   `num_neighbours` nearest codebook neighbours (in embedding space), decoded.
 
   Returns (`[3N, H, W, C]` images: test images, their reconstructions, the
-  perturbed decodings; `[N, h, w]` perturbed codes).
+  perturbed decodings; `[N, h, w, 1]` perturbed codes).
   """
   vqvae = prior.vqvae
   codes = np.asarray(vqvae.encode(test_images))
@@ -143,13 +144,13 @@ def top_prior_for(prior: TrainedPrior, top_workdir: str | None,
                   vqvae_workdir: str | None = None) -> TrainedPrior | None:
   """The top-level prior to pair with `prior` (None for a one-level prior):
   a VQ-VAE-2 is sampled from both, the bottom one as `prior`."""
-  if not prior.level and not top_workdir:
+  if prior.level not in ("top", "bottom") and not top_workdir:
     return None
   if prior.level != "bottom" or not top_workdir:
     raise ConfigError(
         "A VQ-VAE-2 is sampled from both priors: pass the bottom-level prior "
         "as --workdir and the top-level prior as --top_workdir (got a "
-        f"{prior.level or 'one-level'} prior as --workdir and "
+        f"{prior.level or 'pixel'}-level prior as --workdir and "
         f"--top_workdir={top_workdir}).")
   top = restore_prior(top_workdir, vqvae_workdir)
   check_pair(top, prior)
@@ -159,12 +160,13 @@ def top_prior_for(prior: TrainedPrior, top_workdir: str | None,
 def sample_bottom(bottom: TrainedPrior, key: jax.Array, top_codes: np.ndarray,
                   temperature: float = 1.0, method: str = "cached"
                   ) -> np.ndarray:
-  """Bottom codes `[N, h_b, w_b]` drawn given top codes `[N, h_t, w_t]`."""
+  """Bottom codes `[N, h_b, w_b, 1]` drawn given top codes
+  `[N, h_t, w_t, 1]`."""
   samples = sampling.sample(
       bottom.model, bottom.variables, key,
       (len(top_codes),) + bottom.sample_shape, temperature,
-      cond=bottom.condition(top_codes), method=method)
-  return np.asarray(samples)[..., 0]
+      top_codes=jnp.asarray(top_codes, jnp.int32), method=method)
+  return np.asarray(samples)
 
 
 def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
@@ -173,13 +175,13 @@ def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
   """Multi-stage generation: top codes from the top prior, bottom codes from
   the bottom prior given them, both decoded by the VQ-VAE-2.
 
-  Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t],
-  "bottom": [N, h_b, w_b]}`).
+  Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t, 1],
+  "bottom": [N, h_b, w_b, 1]}`).
   """
   k_top, k_bottom = jax.random.split(key)
   top_codes = np.asarray(sampling.sample(
       top.model, top.variables, k_top, (num,) + top.sample_shape, temperature,
-      method=method))[..., 0]
+      method=method))
   codes = {"top": top_codes,
            "bottom": sample_bottom(bottom, k_bottom, top_codes, temperature,
                                    method)}
@@ -193,12 +195,12 @@ def same_top_new_bottom(bottom: TrainedPrior, test_images: np.ndarray,
 
   Returns (uint8 `[(2 + per_image) * N, H, W, C]`: the test images, their
   reconstructions, then `per_image` rows of decodings with the same top codes
-  and new bottom codes; the new bottom codes `[per_image, N, h_b, w_b]`).
+  and new bottom codes; the new bottom codes `[per_image, N, h_b, w_b, 1]`).
   """
   vqvae = bottom.vqvae
   codes = vqvae.encode_levels(test_images)
   top = np.asarray(codes["top"])
-  tiled = np.tile(top, (per_image, 1, 1))
+  tiled = np.tile(top, (per_image, 1, 1, 1))
   new_bottom = sample_bottom(bottom, key, tiled, temperature, method)
   rows = [test_images, np.asarray(vqvae.decode_levels(codes)),
           np.asarray(vqvae.decode_levels({"top": tiled, "bottom": new_bottom}))]

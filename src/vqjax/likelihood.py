@@ -21,7 +21,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-STATE_KEY = "likelihood"  # model_state entry of a stage-1 run: {"variance": [C]}
 NUM_BINS = 256
 HALF_BIN = 0.5 / (NUM_BINS - 1)
 MIN_VARIANCE = 1e-6  # Keeps the scale above ~1/4 of a bin.

@@ -1,12 +1,21 @@
 """Finished runs restored for inference: encode, decode, sample.
 
-`restore_vqvae` and `restore_prior` read a run folder (its `config.json` and
-latest Orbax checkpoint, or a given step) and return the model with its
+`restore_stage1` and `restore_prior` read a run folder (its `config.json`
+and latest Orbax checkpoint, or a given step) and return the model with its
 variables, without optimizer state. Used by `sample.py`, `vqjax.generate`
-and the stage-2 trainer, which need a trained model, not a trainer.
+and the stage-2 trainer, which need a trained model, not a trainer. The
+models are built for inference with the kernels `kernels` picks
+(`vqjax.models.build`; `auto` suits the backend this process runs on,
+whatever the run trained with).
 
 A prior's checkpoint records the stage-1 run it was trained on
-(`link_of`), so `restore_prior` restores that VQ-VAE too.
+(`link_of`), so `restore_prior` restores that run too.
+
+Checkpoints written before vqjax 0.2 restore: their one-level prior
+parameters (the PixelCNN's at the top of the tree) are moved under
+`pixelcnn`, a one-level level `""` reads as `"codes"`, and stage 1's
+decoder variance (then in `model_state`) is dropped from the model's
+variables.
 """
 
 from __future__ import annotations
@@ -19,13 +28,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from vqjax import checkpoint, likelihood
-from vqjax import kernels as kernel_choice
+from vqjax import checkpoint
 from vqjax.models import build
 from vqjax.models.autoencoder import Autoencoder
-from vqjax.models.conditioning import TopCodeConditioner
-from vqjax.models.pixelcnn import GatedPixelCNN
-from vqjax.models.vqvae import VQVAE, to_float, to_uint8
+from vqjax.models.code_prior import CodePrior
+from vqjax.models.vqvae import LEVEL, VQVAE, to_float, to_uint8
+from vqjax.models.vqvae2 import VQVAE2
+
+# What older checkpoints called things (see the module docstring).
+_OLD_LIKELIHOOD_KEY = "likelihood"
+_OLD_STAGE1_KIND = "vqvae"
 
 
 def read_run(workdir: str, step: int | None = None
@@ -43,34 +55,32 @@ def read_run(workdir: str, step: int | None = None
 
 
 def run_kind(workdir: str) -> str:
-  """'vqvae', 'prior', 'classifier' (what trained in `workdir`), from its
+  """'stage1', 'prior', 'classifier' (what trained in `workdir`), from its
   latest checkpoint's metadata."""
   ckpt = checkpoint.Checkpointer(workdir, create=False)
   try:
     meta, _ = ckpt.restore_meta()
   finally:
     ckpt.close()
-  return meta.get("kind", "vqvae" if "image_shape" in meta else "unknown")
+  kind = meta.get("kind", "stage1" if "image_shape" in meta else "unknown")
+  return "stage1" if kind == _OLD_STAGE1_KIND else kind
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedVQVAE:
-  """A restored stage-1 run, ready to encode and decode on one device.
-
-  `kernels` says how to compute it (`vqjax.kernels`); the default, `auto`,
-  suits the backend this process runs on, whatever the run trained with.
+class TrainedStage1:
+  """A restored stage-1 run (VQ-VAE, VQ-VAE-2, AE or VAE), ready to encode
+  and decode on one device. Code grids are `[B, h, w, 1]` int32 per level.
   """
   workdir: str
   step: int
   config: ml_collections.ConfigDict
-  model: VQVAE
+  model: VQVAE | VQVAE2 | Autoencoder
   variables: dict
   image_shape: tuple[int, int, int]  # (H, W, C)
-  kernels: str = "auto"
 
   @property
   def levels(self) -> tuple[str, ...]:
-    """Its code grids: `("",)` for a VQ-VAE, `("top", "bottom")` for a
+    """Its code grids: `("codes",)` for a VQ-VAE, `("top", "bottom")` for a
     VQ-VAE-2, `()` for an AE or VAE."""
     return tuple(self.model.levels)
 
@@ -79,7 +89,7 @@ class TrainedVQVAE:
     """`(h, w)` of each level's grid of codes for one image."""
     h, w, _ = self.image_shape
     m = self.config.model
-    factors = {"": m.num_downsamples, "bottom": m.num_downsamples,
+    factors = {LEVEL: m.num_downsamples, "bottom": m.num_downsamples,
                "top": m.num_downsamples + m.top_downsamples}
     return {level: (h // 2 ** factors[level], w // 2 ** factors[level])
             for level in self.levels}
@@ -95,42 +105,43 @@ class TrainedVQVAE:
     return self.config.quantizer.num_codes
 
   def _single_level(self) -> str:
-    if self.levels != ("",):
+    if self.levels != (LEVEL,):
       raise ValueError(
           f"The run in {self.workdir} has code levels {self.levels}; use "
           "encode_levels / decode_levels (and a prior's --config.level).")
-    return ""
+    return LEVEL
 
   def _jit(self, method, prepare, finish, **kwargs):
     def fn(variables, *x):
-      with kernel_choice.scope(self.kernels, inference=True):
-        return finish(self.model.apply(variables, *prepare(*x), method=method,
-                                       **kwargs))
+      return finish(self.model.apply(variables, *prepare(*x), method=method,
+                                     **kwargs))
     compiled = jax.jit(fn)
     return lambda *x: compiled(self.variables, *x)
 
   @functools.cached_property
   def encode_levels(self):
-    """uint8 images `[B, H, W, C]` -> `{level: codes [B, h, w] int32}`
+    """uint8 images `[B, H, W, C]` -> `{level: codes [B, h, w, 1] int32}`
     (jitted)."""
-    single = self.levels == ("",)
+    single = self.levels == (LEVEL,)
     return self._jit(
         type(self.model).encode_to_indices, lambda x: (to_float(x),),
-        (lambda codes: {"": codes}) if single else (lambda codes: codes))
+        (lambda codes: {LEVEL: codes}) if single else (lambda codes: codes))
 
   @functools.cached_property
   def decode_levels(self):
-    """`{level: codes [B, h, w]}` -> uint8 images `[B, H, W, C]` (jitted)."""
+    """`{level: codes [B, h, w, 1]}` -> uint8 images `[B, H, W, C]`
+    (jitted)."""
     levels = self.levels
     decode = self._jit(type(self.model).decode_indices, lambda *c: c, to_uint8)
     return lambda codes: decode(*(codes[level] for level in levels))
 
   def encode(self, images: np.ndarray) -> jax.Array:
-    """uint8 images `[B, H, W, C]` -> codes `[B, h, w]` int32 (one level)."""
+    """uint8 images `[B, H, W, C]` -> codes `[B, h, w, 1]` int32 (one
+    level)."""
     return self.encode_levels(images)[self._single_level()]
 
   def decode(self, codes: np.ndarray) -> jax.Array:
-    """Codes `[B, h, w]` -> uint8 images `[B, H, W, C]` (one level)."""
+    """Codes `[B, h, w, 1]` -> uint8 images `[B, H, W, C]` (one level)."""
     return self.decode_levels({self._single_level(): codes})
 
   @functools.cached_property
@@ -155,42 +166,48 @@ class TrainedVQVAE:
   def _decode_latents(self):
     return self._jit(Autoencoder.decode, lambda z: (z,), to_uint8)
 
-  def codebook(self, level: str = "") -> np.ndarray:
+  def codebook(self, level: str = LEVEL) -> np.ndarray:
     """`[K, D]` of `level`."""
     method = type(self.model).codebook
-    args = (level,) if level else ()
+    args = () if level == LEVEL else (level,)
     return np.asarray(self.model.apply(self.variables, *args, method=method))
 
 
-def restore_vqvae(workdir: str, step: int | None = None,
-                  kernels: str = "auto") -> TrainedVQVAE:
-  """Loads a stage-1 run (latest checkpoint unless `step`) from its folder."""
+def restore_stage1(workdir: str, step: int | None = None,
+                   kernels: str = "auto") -> TrainedStage1:
+  """Loads a stage-1 run (latest checkpoint unless `step`) from its folder,
+  its model built for inference with `kernels` (`vqjax.models.build`)."""
   config, variables, meta, step = read_run(workdir, step)
   if "image_shape" not in meta:
     raise checkpoint.CheckpointError(
-        f"{workdir!r} is not a VQ-VAE run (its checkpoint has no image_shape); "
-        "point --config.vqvae_workdir at a train_vqvae.py workdir.")
+        f"{workdir!r} is not a stage-1 run (its checkpoint has no "
+        "image_shape); point --config.vqvae_workdir at a train_vqvae.py "
+        "workdir.")
   image_shape = tuple(meta["image_shape"])
-  kernel_choice.resolve(kernels)  # Fail early on a bad name.
-  # The decoder likelihood's variance is the trainer's, not the model's.
-  variables = {k: v for k, v in variables.items()
-               if k != likelihood.STATE_KEY}
-  return TrainedVQVAE(workdir=os.path.abspath(workdir), step=int(step),
-                      config=config,
-                      model=build.autoencoder(config, image_shape[-1]),
-                      variables=variables, image_shape=image_shape,
-                      kernels=kernels)
+  config.model.kernels = kernels
+  variables.pop(_OLD_LIKELIHOOD_KEY, None)
+  model = build.stage1(config, image_shape[-1], inference=True)
+  return TrainedStage1(workdir=os.path.abspath(workdir), step=int(step),
+                       config=config, model=model, variables=variables,
+                       image_shape=image_shape)
 
 
-def link_of(vqvae: TrainedVQVAE) -> dict:
+def link_of(vqvae: TrainedStage1) -> dict:
   """What a prior's checkpoint records about its stage-1 run."""
   return {"workdir": vqvae.workdir, "step": vqvae.step,
           "config": checkpoint.config_to_dict(vqvae.config)}
 
 
-def check_link(meta: dict, vqvae: TrainedVQVAE, prior_workdir: str) -> None:
+def prior_level(meta: dict) -> str | None:
+  """The code grid a prior's checkpoint models (None: raw pixels)."""
+  if not meta.get("vqvae"):
+    return None
+  return meta.get("level") or LEVEL
+
+
+def check_link(meta: dict, vqvae: TrainedStage1, prior_workdir: str) -> None:
   """Raises unless `vqvae` produces the codes the prior was trained on."""
-  level = meta.get("level") or ""
+  level = prior_level(meta)
   expected = (meta["num_values"], tuple(meta["grid_shape"][:2]))
   found = (vqvae.num_codes, tuple(vqvae.code_shapes.get(level, (0, 0))))
   if expected != found:
@@ -203,42 +220,30 @@ def check_link(meta: dict, vqvae: TrainedVQVAE, prior_workdir: str) -> None:
 
 
 def samples_to_images(samples: np.ndarray,
-                      vqvae: TrainedVQVAE | None) -> np.ndarray:
+                      vqvae: TrainedStage1 | None) -> np.ndarray:
   """Prior samples `[B, h, w, C]` -> uint8 images `[B, H, W, C']` (decoded
   by `vqvae` when they are codes, as they are when it is given)."""
   if vqvae is None:
     return samples.astype(np.uint8)
-  return np.asarray(vqvae.decode(samples[..., 0]))
+  return np.asarray(vqvae.decode(samples))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedPrior:
-  """A restored stage-2 run and, for a code prior, its stage-1 VQ-VAE."""
+  """A restored stage-2 run and, for a code prior, its stage-1 run."""
   workdir: str
   step: int
   config: ml_collections.ConfigDict
-  model: GatedPixelCNN
+  model: CodePrior
   variables: dict
   meta: dict
-  vqvae: TrainedVQVAE | None
-  conditioner: TopCodeConditioner | None = None
-  conditioner_variables: dict | None = None
+  vqvae: TrainedStage1 | None
 
   @property
-  def level(self) -> str:
-    """Which of a VQ-VAE-2's code grids it models ('top' or 'bottom'); ''
-    for a one-level VQ-VAE's codes or raw pixels."""
-    return self.meta.get("level") or ""
-
-  def condition(self, top_codes: np.ndarray) -> jax.Array:
-    """A bottom prior's conditioning map `[B, h_b, w_b, F_c]` for top codes
-    `[B, h_t, w_t]`."""
-    return self._condition(self.conditioner_variables,
-                           jax.numpy.asarray(top_codes, jax.numpy.int32))
-
-  @functools.cached_property
-  def _condition(self):
-    return jax.jit(self.conditioner.apply)
+  def level(self) -> str | None:
+    """The stage-1 code grid it models: 'codes' (a VQ-VAE's), 'top' or
+    'bottom' (a VQ-VAE-2's); None for raw pixels."""
+    return prior_level(self.meta)
 
   @property
   def sample_shape(self) -> tuple[int, int, int]:
@@ -251,8 +256,9 @@ class TrainedPrior:
 
 
 def restore_prior(workdir: str, vqvae_workdir: str | None = None,
-                  step: int | None = None) -> TrainedPrior:
-  """Loads a stage-2 run and the VQ-VAE its checkpoint links to (or
+                  step: int | None = None, kernels: str = "auto"
+                  ) -> TrainedPrior:
+  """Loads a stage-2 run and the stage-1 run its checkpoint links to (or
   `vqvae_workdir`, which must then produce the same kind of codes)."""
   config, variables, meta, step = read_run(workdir, step)
   if meta.get("kind") != "prior":
@@ -262,20 +268,20 @@ def restore_prior(workdir: str, vqvae_workdir: str | None = None,
   vqvae = None
   if meta.get("vqvae"):
     link = meta["vqvae"]
-    vqvae = restore_vqvae(vqvae_workdir or link["workdir"],
-                          None if vqvae_workdir else link["step"])
+    vqvae = restore_stage1(vqvae_workdir or link["workdir"],
+                           None if vqvae_workdir else link["step"], kernels)
     check_link(meta, vqvae, workdir)
   params = variables["params"]
-  conditioner = conditioner_variables = None
-  if meta.get("level") == "bottom":
-    conditioner = build.top_code_conditioner(
-        config, meta["num_values"], vqvae.config.model.top_downsamples)
-    conditioner_variables = {"params": params["conditioner"]}
-    params = params["pixelcnn"]
-  model = build.pixelcnn(config, meta["num_values"], meta["grid_shape"][-1],
-                         meta.get("num_classes") or 0,
-                         spatially_conditioned=conditioner is not None)
+  if "pixelcnn" not in params:  # A one-level prior from before vqjax 0.2.
+    params = {"pixelcnn": params}
+  bottom = prior_level(meta) == "bottom"
+  config.model.kernels = kernels
+  model = build.code_prior(
+      config, meta["num_values"], meta["grid_shape"][-1],
+      meta.get("num_classes") or 0,
+      top_num_codes=meta["num_values"] if bottom else 0,
+      top_upsamples=vqvae.config.model.top_downsamples if bottom else 0,
+      inference=True)
   return TrainedPrior(workdir=os.path.abspath(workdir), step=int(step),
                       config=config, model=model, variables={"params": params},
-                      meta=meta, vqvae=vqvae, conditioner=conditioner,
-                      conditioner_variables=conditioner_variables)
+                      meta=meta, vqvae=vqvae)

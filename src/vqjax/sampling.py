@@ -1,4 +1,12 @@
-"""Jit-compiled ancestral sampling from a `GatedPixelCNN`.
+"""Jit-compiled ancestral sampling from an autoregressive prior over a grid
+(`vqjax.models.CodePrior`, or a bare `GatedPixelCNN`).
+
+The sampler's contract with the model (`AutoregressiveModel`): the fields
+`num_values`, `num_channels`, `kernel_size`, `features`, `num_layers`,
+`num_classes`, `cond_features`, `dtype`, and the methods
+`logits(x, labels, cond)` (the plain sampler), `embed`, `vertical_row` and
+`horizontal_pixel` (the cached one), plus `condition(top_codes)` when top
+codes are given. `cond` is the model's conditioning map, computed once.
 
 Two samplers draw the same samples for the same key:
 
@@ -11,84 +19,114 @@ Two samplers draw the same samples for the same key:
   work, so a whole sample costs about one forward pass.
 
 The value at raster step t = (i * W + j) * C + c is drawn with
-`jax.random.categorical(jax.random.fold_in(key, t), logits / temperature)`, so
-it depends only on (key, t) and the logits, whichever sampler computes them.
+`jax.random.categorical(jax.random.fold_in(key, t), logits / temperature)`
+(or the argmax when `greedy`), so it depends only on (key, t) and the
+logits, whichever sampler computes them.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vqjax.models.pixelcnn import GatedPixelCNN
-
 Array = jax.Array
 METHODS = ("plain", "cached")
 
 
-def sample(model: GatedPixelCNN, params, key: Array,
-           shape: tuple[int, int, int, int], temperature: float = 1.0,
+class AutoregressiveModel(Protocol):
+  """What the samplers need of a Linen module (see the module docstring)."""
+  num_values: int
+  num_channels: int
+  kernel_size: int
+  features: int
+  num_layers: int
+  num_classes: int
+  cond_features: int
+  dtype: Any
+
+  def logits(self, x: Array, labels: Array | None, cond: Array | None
+             ) -> Array:
+    """`[B, H, W, C]` int -> `[B, H, W, C, V]` float32, causal."""
+
+
+def sample(model: AutoregressiveModel, variables, key: Array,
+           shape: tuple[int, int, int, int], temperature: float | Array = 1.0,
            labels: Array | None = None, cond: Array | None = None,
-           method: str = "cached") -> Array:
+           method: str = "cached", top_codes: Array | None = None,
+           greedy: bool = False) -> Array:
   """Draws samples x ~ p(x | labels, cond) in raster order.
 
+  Works inside a caller's `jit` (the temperature may be traced).
+
   Args:
-    model: the `GatedPixelCNN` module.
-    params: its variables, as returned by `model.init` (a {"params": ...} dict).
+    model: the prior (a `CodePrior` or `GatedPixelCNN`).
+    variables: its variables (`{"params": ...}`).
     key: PRNG key; the same key gives the same samples with either method.
     shape: (B, H, W, C), with C == model.num_channels.
     temperature: > 0; every conditional's logits are divided by it.
     labels: [B] int class labels, iff model.num_classes > 0.
-    cond: [B, H, W, F_c] conditioning map, iff model.cond_features > 0.
+    cond: [B, H, W, F_c] conditioning map, iff model.cond_features > 0 (a
+      `CodePrior` computes it from `top_codes` instead).
     method: "cached" (fast) or "plain" (a full forward pass per value).
+    top_codes: [B, h_t, w_t, 1] int, a VQ-VAE-2 bottom prior's top codes.
+    greedy: take the most likely value at every step (no randomness;
+      `temperature` is ignored).
 
   Returns:
     [B, H, W, C] int32 samples in [0, V).
   """
-  samples, _ = _run(model, params, key, shape, temperature, labels, cond,
-                    method, return_logits=False)
+  samples, _ = _run(model, variables, key, shape, temperature, labels, cond,
+                    method, top_codes, greedy, return_logits=False)
   return samples
 
 
-def sample_with_logits(model: GatedPixelCNN, params, key: Array,
+def sample_with_logits(model: AutoregressiveModel, variables, key: Array,
                        shape: tuple[int, int, int, int],
-                       temperature: float = 1.0, labels: Array | None = None,
-                       cond: Array | None = None,
-                       method: str = "cached") -> tuple[Array, Array]:
+                       temperature: float | Array = 1.0,
+                       labels: Array | None = None, cond: Array | None = None,
+                       method: str = "cached", top_codes: Array | None = None,
+                       greedy: bool = False) -> tuple[Array, Array]:
   """Like `sample`, also returning the logits each step sampled from.
 
   A debugging hook: by causality, the logits at every step must equal
-  `model.apply(params, samples, labels, cond)` on the final samples.
+  `model.apply(variables, samples, labels, cond, method="logits")` on the
+  final samples.
 
   Returns:
     samples: [B, H, W, C] int32.
     logits: [B, H, W, C, V] float32, before division by the temperature.
   """
-  return _run(model, params, key, shape, temperature, labels, cond, method,
-              return_logits=True)
+  return _run(model, variables, key, shape, temperature, labels, cond, method,
+              top_codes, greedy, return_logits=True)
 
 
-def _run(model, params, key, shape, temperature, labels, cond, method,
-         return_logits, num_steps=None):
+def _run(model, variables, key, shape, temperature, labels, cond, method,
+         top_codes, greedy, return_logits, num_steps=None):
+  if top_codes is not None:
+    if cond is not None:
+      raise ValueError("pass top_codes or cond, not both.")
+    cond = model.apply(variables, top_codes, method="condition")
   shape = _check_args(model, shape, temperature, labels, cond, method)
   temperature = jnp.asarray(temperature, jnp.float32)
-  return _sample_jit(model, params, key, temperature, labels, cond,
+  return _sample_jit(model, variables, key, temperature, labels, cond,
                      shape=shape, method=method, return_logits=return_logits,
-                     num_steps=num_steps)
+                     num_steps=num_steps, greedy=bool(greedy))
 
 
 def _check_args(model, shape, temperature, labels, cond, method):
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-  try:
-    temperature = float(temperature)
-  except TypeError as e:
-    raise ValueError("temperature must be a concrete number.") from e
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  if not isinstance(temperature, jax.core.Tracer):
+    if jnp.ndim(temperature) != 0:
+      raise ValueError(f"temperature must be a scalar, got shape "
+                       f"{jnp.shape(temperature)}.")
+    if not float(temperature) > 0:
+      raise ValueError(f"temperature must be > 0, got {float(temperature)}; "
+                       "pass greedy=True for the most likely values.")
   if len(shape) != 4:
     raise ValueError(f"shape must be (B, H, W, C), got {shape}.")
   shape = tuple(int(s) for s in shape)
@@ -107,33 +145,38 @@ def _check_args(model, shape, temperature, labels, cond, method):
   if model.cond_features:
     want = (b, h, w, model.cond_features)
     if cond is None or jnp.shape(cond) != want:
-      raise ValueError(f"pass cond of shape {list(want)}, got "
+      raise ValueError(f"pass top_codes (or cond of shape {list(want)}), got "
                        f"{None if cond is None else jnp.shape(cond)}.")
   elif cond is not None:
-    raise ValueError("cond given but model.cond_features == 0.")
+    raise ValueError("top_codes or cond given, but the model is not "
+                     "conditioned on them.")
   return shape
 
 
-def _draw(key: Array, step, logits: Array, temperature: Array) -> Array:
+def _draw(key: Array, step, logits: Array, temperature: Array,
+          greedy: bool) -> Array:
   """Draws step `step`'s values: logits [B, V] -> [B] int32."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.random.categorical(
       jax.random.fold_in(key, step), logits / temperature, axis=-1
   ).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "shape", "method", "return_logits", "num_steps"))
+    "model", "shape", "method", "return_logits", "num_steps", "greedy"))
 def _sample_jit(model, params, key, temperature, labels, cond, *, shape,
-                method, return_logits, num_steps):
+                method, return_logits, num_steps, greedy):
+  draw = functools.partial(_draw, greedy=greedy)
   if method == "plain":
     return _sample_plain(model, params, key, temperature, labels, cond, shape,
-                         return_logits, num_steps)
+                         return_logits, draw, num_steps)
   return _sample_cached(model, params, key, temperature, labels, cond, shape,
-                        return_logits)
+                        return_logits, draw)
 
 
 def _sample_plain(model, params, key, temperature, labels, cond, shape,
-                  return_logits, num_steps=None):
+                  return_logits, draw, num_steps=None):
   """A full forward pass per step. `num_steps` truncates (for benchmarks)."""
   b, h, w, c = shape
   x = jnp.zeros(shape, jnp.int32)
@@ -144,8 +187,9 @@ def _sample_plain(model, params, key, temperature, labels, cond, shape,
     x, logits_buf = carry
     i, rest = jnp.divmod(t, w * c)
     j, ch = jnp.divmod(rest, c)
-    logits = model.apply(params, x, labels, cond)[:, i, j, ch]  # [B, V]
-    x = x.at[:, i, j, ch].set(_draw(key, t, logits, temperature))
+    logits = model.apply(params, x, labels, cond,
+                         method="logits")[:, i, j, ch]  # [B, V]
+    x = x.at[:, i, j, ch].set(draw(key, t, logits, temperature))
     if logits_buf is not None:
       logits_buf = logits_buf.at[:, i, j, ch].set(logits)
     return x, logits_buf
@@ -155,7 +199,7 @@ def _sample_plain(model, params, key, temperature, labels, cond, shape,
 
 
 def _sample_cached(model, params, key, temperature, labels, cond, shape,
-                   return_logits):
+                   return_logits, draw):
   """Row-cached vertical stack, column-buffered horizontal stack."""
   b, h, w, c = shape
   d = model.kernel_size // 2
@@ -164,13 +208,13 @@ def _sample_cached(model, params, key, temperature, labels, cond, shape,
   dtype = model.dtype
 
   def embed(values):
-    return model.apply(params, values, method=GatedPixelCNN.embed)
+    return model.apply(params, values, method="embed")
 
   def row_body(i, carry):
     x, logits_buf, caches = carry
     cond_row = None if cond is None else lax.dynamic_slice_in_dim(cond, i, 1, 1)
     v_pre, caches = model.apply(params, caches, labels, cond_row,
-                                method=GatedPixelCNN.vertical_row)
+                                method="vertical_row")
 
     def col_body(j, carry):
       x, logits_buf, buffers = carry
@@ -182,10 +226,10 @@ def _sample_cached(model, params, key, temperature, labels, cond, shape,
         x, logits_buf, _ = carry
         logits, inputs = model.apply(
             params, buffers, embed(x[:, i, j]), v_pre_j, labels, cond_pix,
-            method=GatedPixelCNN.horizontal_pixel)
+            method="horizontal_pixel")
         logits = logits[:, ch]  # [B, V]
         t = (i * w + j) * c + ch
-        x = x.at[:, i, j, ch].set(_draw(key, t, logits, temperature))
+        x = x.at[:, i, j, ch].set(draw(key, t, logits, temperature))
         if logits_buf is not None:
           logits_buf = logits_buf.at[:, i, j, ch].set(logits)
         return x, logits_buf, inputs

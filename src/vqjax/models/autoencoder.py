@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqjax.models.vqvae import Decoder, Encoder
+from vqjax.models.vqvae import Decoder, Encoder, ModuleDef
 
 SAMPLE_RNG = "latent"  # The VAE's rng stream for z ~ q(z | x).
 
@@ -24,6 +24,7 @@ class Autoencoder(nn.Module):
   variance of a diagonal Gaussian `q(z | x)`, `z` is drawn by
   reparameterisation (rng stream `latent`; the mean when `sample=False`),
   the prior is N(0, I) and `kl` is KL(q(z | x) || p(z)) in closed form.
+  `conv` and `conv_transpose` as `VQVAE`'s.
   """
   num_hiddens: int = 128
   num_residual_hiddens: int = 32
@@ -33,18 +34,21 @@ class Autoencoder(nn.Module):
   variational: bool = False
   out_channels: int = 1
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  conv_transpose: ModuleDef = nn.ConvTranspose
 
   levels = ()  # No codes.
 
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.num_downsamples,
-                           self.dtype)
+                           self.dtype, self.conv)
     width = 2 * self.code_dim if self.variational else self.code_dim
-    self.pre_bottleneck = nn.Conv(width, (1, 1), dtype=self.dtype)
+    self.pre_bottleneck = self.conv(width, (1, 1), dtype=self.dtype)
     self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.out_channels,
-                           self.num_downsamples, self.dtype)
+                           self.num_downsamples, self.dtype, self.conv,
+                           self.conv_transpose)
 
   def posterior(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`[B, H, W, C]` -> (mean, log variance), each `[B, h, w, D]` float32

@@ -15,9 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+ModuleDef = Any
+
 
 class TopCodeConditioner(nn.Module):
-  """Top codes `[B, h, w]` int -> a map `[B, h 2^m, w 2^m, features]`.
+  """Top codes `[B, h, w, 1]` int -> a map `[B, h 2^m, w 2^m, features]`.
 
   Attributes:
     num_codes: K of the top codebook.
@@ -29,14 +31,19 @@ class TopCodeConditioner(nn.Module):
   features: int
   upsamples: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  conv_transpose: ModuleDef = nn.ConvTranspose
 
   @nn.compact
   def __call__(self, top_codes: jax.Array) -> jax.Array:
-    x = nn.Embed(self.num_codes, self.features, dtype=self.dtype)(top_codes)
-    x = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(x))
+    """`top_codes: [B, h, w, 1]` int -> `[B, h 2^m, w 2^m, features]`
+    float32."""
+    x = nn.Embed(self.num_codes, self.features,
+                 dtype=self.dtype)(top_codes[..., 0])
+    x = nn.relu(self.conv(self.features, (3, 3), dtype=self.dtype)(x))
     for i in range(self.upsamples):
-      x = nn.ConvTranspose(self.features, (4, 4), strides=(2, 2),
-                           dtype=self.dtype)(x)
+      x = self.conv_transpose(self.features, (4, 4), strides=(2, 2),
+                              dtype=self.dtype)(x)
       if i < self.upsamples - 1:
         x = nn.relu(x)
     return x.astype(jnp.float32)

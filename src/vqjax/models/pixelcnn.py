@@ -34,7 +34,7 @@ on a few cached rows/columns via `vertical_row` and `horizontal_pixel`.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,14 @@ def group_mask(n_in: int, n_out: int, num_channels: int, mask_type: str,
   return mask.astype(np.float32)
 
 
+def valid_conv(x: Array, kernel: Array) -> Array:
+  """VALID NHWC convolution: `x [B, H, W, I]`, `kernel [kh, kw, I, O]` ->
+  `[B, H - kh + 1, W - kw + 1, O]`."""
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def gate(x: Array) -> Array:
   """tanh(x[..., :F]) * sigmoid(x[..., F:]): [..., 2F] -> [..., F]."""
   f = x.shape[-1] // 2
@@ -87,7 +95,9 @@ class GatedLayer(nn.Module):
   """One gated layer: a vertical and a horizontal stack, plus a skip output.
 
   Layer code only does VALID convs on inputs the caller has padded, so it is
-  shared by the full forward pass and by the cached sampler.
+  shared by the full forward pass and by the cached sampler. `valid_conv`
+  computes them (`valid_conv` above unless a builder injects another
+  formulation, e.g. Winograd's on XLA:CPU).
   """
   features: int
   kernel_size: int
@@ -99,6 +109,7 @@ class GatedLayer(nn.Module):
   cond_features: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  valid_conv: Callable[[Array, Array], Array] = valid_conv
 
   def setup(self):
     f, k = self.features, self.kernel_size
@@ -124,16 +135,6 @@ class GatedLayer(nn.Module):
     if self.cond_features:
       self.cond_proj = nn.Dense(2 * f, dtype=self.dtype, param_dtype=pd)
 
-  def conv(self, x: Array, kernel: Array) -> Array:
-    """VALID NHWC convolution: x [B, H, W, I], kernel [kh, kw, I, O].
-
-    A method, not a function, so that `vqjax.kernels` can compute it another
-    way on a backend that needs one (Winograd on XLA:CPU).
-    """
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
   def conditioning(self, labels: Array | None, cond: Array | None):
     """Bias for both gates, broadcastable to [B, h, w, 2F] (or 0).
 
@@ -156,7 +157,7 @@ class GatedLayer(nn.Module):
     For layer 0 the caller shifts the input down one row (rows < i only).
     """
     kernel = jnp.asarray(self.v_kernel, self.dtype)
-    v_pre = self.conv(v_in.astype(self.dtype), kernel)
+    v_pre = self.valid_conv(v_in.astype(self.dtype), kernel)
     return v_pre + jnp.asarray(self.v_bias, self.dtype) + bias
 
   def horizontal(self, h_in: Array, v_pre: Array, bias) -> tuple[Array, Array]:
@@ -177,7 +178,7 @@ class GatedLayer(nn.Module):
     tap_mask[0, -1] = centre
     kernel = jnp.asarray(self.h_kernel * tap_mask, self.dtype)
     link = jnp.asarray(self.link_kernel, self.dtype)
-    h_pre = (self.conv(h_in.astype(self.dtype), kernel)
+    h_pre = (self.valid_conv(h_in.astype(self.dtype), kernel)
              + v_pre @ link + jnp.asarray(self.h_bias, self.dtype) + bias)
     g = gate(h_pre)
     # The skip and residual 1x1 convs read the same g: one matmul for both.
@@ -210,6 +211,7 @@ class GatedPixelCNN(nn.Module):
     cond_features: if > 0, spatial conditioning on `cond` [B, H, W, F_c].
     dtype: computation dtype; logits are always returned as float32.
     param_dtype: parameter dtype.
+    valid_conv: the gated layers' VALID convolution (see `GatedLayer`).
   """
   num_values: int
   num_channels: int = 1
@@ -221,6 +223,7 @@ class GatedPixelCNN(nn.Module):
   cond_features: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  valid_conv: Callable[[Array, Array], Array] = valid_conv
 
   def setup(self):
     c, f, s = self.num_channels, self.features, self.head_features
@@ -244,7 +247,8 @@ class GatedPixelCNN(nn.Module):
             features=f, kernel_size=self.kernel_size, num_channels=c,
             skip_features=s, first=(l == 0), last=(l == self.num_layers),
             num_classes=self.num_classes, cond_features=self.cond_features,
-            dtype=self.dtype, param_dtype=pd, name=f"layer_{l}")
+            dtype=self.dtype, param_dtype=pd, valid_conv=self.valid_conv,
+            name=f"layer_{l}")
         for l in range(self.num_layers + 1)
     ]
     self.head_hidden_kernel = self.param("head_hidden_kernel", init, (s, s), pd)
@@ -268,6 +272,11 @@ class GatedPixelCNN(nn.Module):
       earlier pixels and on channels < c of pixel (i, j).
     """
     return self._forward(self.embed(x), labels, cond)
+
+  def logits(self, x: Array, labels: Array | None = None,
+             cond: Array | None = None) -> Array:
+    """`__call__`, under the name the sampler calls (`vqjax.sampling`)."""
+    return self(x, labels, cond)
 
   def logits_from_onehot(self, onehot: Array, labels: Array | None = None,
                          cond: Array | None = None) -> Array:

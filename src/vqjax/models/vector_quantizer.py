@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,10 @@ class VectorQuantizer(nn.Module):
 
   `axis_name` names the data-parallel axis so EMA statistics are summed over
   devices during training; leave it None outside `pmap`.
+
+  `nearest_code` is the search, `[..., D], [K, D] -> [...]` int32:
+  `vqjax.quantizer.nearest_code` unless a builder injects another formulation
+  of the same function (`vqjax.xla_cpu.nearest_code`).
   """
   num_codes: int
   code_dim: int
@@ -39,6 +45,7 @@ class VectorQuantizer(nn.Module):
   epsilon: float = 1e-5
   dead_code_threshold: float = 0.0
   axis_name: str | None = None
+  nearest_code: Callable[[jax.Array, jax.Array], jax.Array] = vq.nearest_code
 
   def setup(self):
     shape = (self.num_codes, self.code_dim)
@@ -57,14 +64,6 @@ class VectorQuantizer(nn.Module):
     if self.use_ema:
       return self._ema["codebook"].value
     return self._codebook
-
-  def nearest_code(self, z_e: jax.Array, codebook: jax.Array) -> jax.Array:
-    """`vqjax.quantizer.nearest_code`: `[..., D], [K, D] -> [...]` int32.
-
-    A method of its own so that a backend's kernels (`vqjax.xla_cpu`) can
-    compute the same search their way.
-    """
-    return vq.nearest_code(z_e, codebook)
 
   def ema_state(self) -> vq.EMAState:
     return vq.EMAState(**{k: v.value for k, v in self._ema.items()})
@@ -86,6 +85,10 @@ class VectorQuantizer(nn.Module):
     int32, `codebook_loss`, `commitment_loss`, `loss` (the terms that train
     params: both for the loss variant, commitment only with EMA), `counts` [K]
     (local code usage) and, when codes were restarted, `restarted` (how many).
+
+    Raises:
+      ValueError: `train=True` on the EMA variant without `vq_ema` mutable
+        (the codebook update would silently not happen).
     """
     z_e = z_e.astype(jnp.float32)  # Distances, losses and EMA in float32.
     codebook = self.codebook()
@@ -100,8 +103,12 @@ class VectorQuantizer(nn.Module):
     }
     if self.use_ema:
       out["loss"] = out["commitment_loss"]
-      if train and self.is_mutable_collection(EMA_COLLECTION) \
-          and not self.is_initializing():
+      if train and not self.is_initializing():
+        if not self.is_mutable_collection(EMA_COLLECTION):
+          raise ValueError(
+              "train=True updates the EMA codebook: call apply with "
+              f"mutable=[{EMA_COLLECTION!r}] (and rngs={{{RESTART_RNG!r}: key}} "
+              "for dead-code restarts), or pass train=False.")
         state = vq.ema_update(self.ema_state(), z_e, indices, self.decay,
                               self.epsilon, self.axis_name)
         if self.dead_code_threshold > 0:

@@ -1,18 +1,24 @@
 """The VQ-VAE of van den Oord et al. (2017), in the shape of Sonnet's example.
 
-Written with Flax's own layers; on the CPU backend `vqjax.xla_cpu.kernels`
-computes the same layers faster, on the same parameters.
+Written with Flax's own layers. Each module takes the layers it computes with
+as fields (`conv: ModuleDef = nn.Conv`, as Flax's ImageNet example does), so
+`vqjax.models.build` can hand it a backend's formulations of the same layers
+(`vqjax.xla_cpu`) on the same parameters.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax import quantizer as vq
 from vqjax.models.vector_quantizer import VectorQuantizer
+
+ModuleDef = Any
+LEVEL = "codes"  # The one code grid of a VQ-VAE (a VQ-VAE-2 has two).
 
 
 class ResidualStack(nn.Module):
@@ -22,14 +28,15 @@ class ResidualStack(nn.Module):
   num_residual_hiddens: int
   num_residual_layers: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for _ in range(self.num_residual_layers):
       h = nn.relu(x)
-      h = nn.relu(nn.Conv(self.num_residual_hiddens, (3, 3),
-                          dtype=self.dtype)(h))
-      x = x + nn.Conv(self.num_hiddens, (1, 1), dtype=self.dtype)(h)
+      h = nn.relu(self.conv(self.num_residual_hiddens, (3, 3),
+                            dtype=self.dtype)(h))
+      x = x + self.conv(self.num_hiddens, (1, 1), dtype=self.dtype)(h)
     return nn.relu(x)
 
 
@@ -43,17 +50,18 @@ class Encoder(nn.Module):
   num_residual_layers: int
   num_downsamples: int = 2
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       features = self.num_hiddens if last else self.num_hiddens // 2
-      x = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2),
-                          dtype=self.dtype)(x))
-    x = nn.Conv(self.num_hiddens, (3, 3), dtype=self.dtype)(x)
+      x = nn.relu(self.conv(features, (4, 4), strides=(2, 2),
+                            dtype=self.dtype)(x))
+    x = self.conv(self.num_hiddens, (3, 3), dtype=self.dtype)(x)
     return ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                         self.num_residual_layers, self.dtype)(x)
+                         self.num_residual_layers, self.dtype, self.conv)(x)
 
 
 class Decoder(nn.Module):
@@ -65,17 +73,19 @@ class Decoder(nn.Module):
   out_channels: int
   num_downsamples: int = 2
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  conv_transpose: ModuleDef = nn.ConvTranspose
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = nn.Conv(self.num_hiddens, (3, 3), dtype=self.dtype)(z)
+    x = self.conv(self.num_hiddens, (3, 3), dtype=self.dtype)(z)
     x = ResidualStack(self.num_hiddens, self.num_residual_hiddens,
-                      self.num_residual_layers, self.dtype)(x)
+                      self.num_residual_layers, self.dtype, self.conv)(x)
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
       features = self.out_channels if last else self.num_hiddens // 2
-      x = nn.ConvTranspose(features, (4, 4), strides=(2, 2),
-                           dtype=self.dtype)(x)
+      x = self.conv_transpose(features, (4, 4), strides=(2, 2),
+                              dtype=self.dtype)(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -88,6 +98,13 @@ class VQVAE(nn.Module):
   reconstruction is on the same scale. `dtype` is the encoder's and decoder's
   computation dtype (e.g. bfloat16); parameters, the quantizer (distances,
   losses, EMA statistics), `z_e` and the reconstruction are float32.
+
+  Code grids are `[B, h, w, 1]` int32: one code channel per position, the
+  layout the PixelCNN prior and the sampler use too.
+
+  `conv`, `conv_transpose` and `nearest_code` are what it computes with:
+  Flax's layers and `vqjax.quantizer.nearest_code` unless a builder injects
+  others (`vqjax.models.build`).
   """
   num_hiddens: int = 128
   num_residual_hiddens: int = 32
@@ -103,20 +120,25 @@ class VQVAE(nn.Module):
   out_channels: int = 1
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv: ModuleDef = nn.Conv
+  conv_transpose: ModuleDef = nn.ConvTranspose
+  nearest_code: Callable[[jax.Array, jax.Array], jax.Array] = vq.nearest_code
 
-  levels = ("",)  # One code grid, unnamed in metrics.
+  levels = (LEVEL,)
 
   def setup(self):
     self.encoder = Encoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.num_downsamples,
-                           self.dtype)
-    self.pre_quantization = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
+                           self.dtype, self.conv)
+    self.pre_quantization = self.conv(self.code_dim, (1, 1), dtype=self.dtype)
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
-        self.epsilon, self.dead_code_threshold, self.axis_name)
+        self.epsilon, self.dead_code_threshold, self.axis_name,
+        self.nearest_code)
     self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.out_channels,
-                           self.num_downsamples, self.dtype)
+                           self.num_downsamples, self.dtype, self.conv,
+                           self.conv_transpose)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """`[B, H, W, C]` float -> `z_e: [B, h, w, D]` float32."""
@@ -131,12 +153,13 @@ class VQVAE(nn.Module):
     return self.quantizer.codebook()
 
   def encode_to_indices(self, x: jax.Array) -> jax.Array:
-    """`[B, H, W, C]` float -> codes `[B, h, w]` int32."""
-    return self.quantizer(self.encode(x))["indices"]
+    """`[B, H, W, C]` float -> codes `[B, h, w, 1]` int32."""
+    return self.quantizer(self.encode(x))["indices"][..., None]
 
-  def decode_indices(self, indices: jax.Array) -> jax.Array:
-    """Codes `[B, h, w]` int -> images `[B, H, W, C]` float."""
-    return self.decode(jnp.take(self.codebook(), indices, axis=0))
+  def decode_indices(self, codes: jax.Array) -> jax.Array:
+    """Codes `[B, h, w, 1]` int -> images `[B, H, W, C]` float32."""
+    check_code_grid(codes, "codes")
+    return self.decode(jnp.take(self.codebook(), codes[..., 0], axis=0))
 
   def set_codebook(self, codebook: jax.Array) -> None:
     self.quantizer.set_codebook(codebook)
@@ -144,11 +167,22 @@ class VQVAE(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """`x: [B, H, W, C]` float -> dict with `reconstruction` [B, H, W, C],
     `z_e` [B, h, w, D], the quantizer's outputs (see `VectorQuantizer`) and
-    `levels = {"": <those>}` (the shape a VQ-VAE-2's levels take)."""
+    `levels = {"codes": <those>}` (the shape a VQ-VAE-2's levels take)."""
     z_e = self.encode(x)
     level = dict(self.quantizer(z_e, train=train), z_e=z_e)
     return dict(level, reconstruction=self.decode(level["quantized"]),
-                levels={"": level})
+                levels={LEVEL: level})
+
+
+def check_code_grid(codes: jax.Array, name: str) -> None:
+  """Raises unless `codes` is an integer code grid `[B, h, w, 1]`."""
+  shape = jnp.shape(codes)
+  if len(shape) != 4 or shape[-1] != 1 or not jnp.issubdtype(
+      jnp.result_type(codes), jnp.integer):
+    raise ValueError(
+        f"{name} must be an integer code grid [B, h, w, 1] (one code channel "
+        f"per position), got {jnp.result_type(codes)} of shape {shape}; add "
+        "the channel axis with codes[..., None].")
 
 
 def to_float(images: jax.Array) -> jax.Array:

@@ -14,14 +14,15 @@ codebook (its own `VectorQuantizer`, EMA and dead-code restarts included).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax import quantizer as vq
 from vqjax.models.vector_quantizer import VectorQuantizer
-from vqjax.models.vqvae import Decoder, Encoder
+from vqjax.models.vqvae import Decoder, Encoder, ModuleDef, check_code_grid
 
 LEVELS = ("top", "bottom")
 
@@ -30,7 +31,8 @@ class VQVAE2(nn.Module):
   """Two-level VQ-VAE. Fields as `VQVAE`'s, plus `top_downsamples` (m >= 1).
 
   Images enter as floats in [-0.5, 0.5]; the quantizers, `z_e` of each level
-  and the reconstruction are float32.
+  and the reconstruction are float32. Code grids are `[B, h, w, 1]` int32 per
+  level. `conv`, `conv_transpose` and `nearest_code` as `VQVAE`'s.
   """
   num_hiddens: int = 128
   num_residual_hiddens: int = 32
@@ -47,6 +49,9 @@ class VQVAE2(nn.Module):
   out_channels: int = 1
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv: ModuleDef = nn.Conv
+  conv_transpose: ModuleDef = nn.ConvTranspose
+  nearest_code: Callable[[jax.Array, jax.Array], jax.Array] = vq.nearest_code
 
   levels = LEVELS
 
@@ -55,22 +60,24 @@ class VQVAE2(nn.Module):
               self.num_residual_layers)
     quantizer = (self.num_codes, self.code_dim, self.beta, self.use_ema,
                  self.decay, self.epsilon, self.dead_code_threshold,
-                 self.axis_name)
-    self.bottom_encoder = Encoder(*blocks, self.num_downsamples, self.dtype)
-    self.top_encoder = Encoder(*blocks, self.top_downsamples, self.dtype)
-    self.top_pre_quantization = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
+                 self.axis_name, self.nearest_code)
+    layers = {"conv": self.conv, "dtype": self.dtype}
+    self.bottom_encoder = Encoder(*blocks, self.num_downsamples, **layers)
+    self.top_encoder = Encoder(*blocks, self.top_downsamples, **layers)
+    self.top_pre_quantization = self.conv(self.code_dim, (1, 1),
+                                          dtype=self.dtype)
     self.top_quantizer = VectorQuantizer(*quantizer)
     self.top_decoder = Decoder(*blocks, self.code_dim, self.top_downsamples,
-                               self.dtype)
-    self.bottom_pre_quantization = nn.Conv(self.code_dim, (1, 1),
-                                           dtype=self.dtype)
+                               conv_transpose=self.conv_transpose, **layers)
+    self.bottom_pre_quantization = self.conv(self.code_dim, (1, 1),
+                                             dtype=self.dtype)
     self.bottom_quantizer = VectorQuantizer(*quantizer)
     self.upsample_top = [
-        nn.ConvTranspose(self.code_dim, (4, 4), strides=(2, 2),
-                         dtype=self.dtype)
+        self.conv_transpose(self.code_dim, (4, 4), strides=(2, 2),
+                            dtype=self.dtype)
         for _ in range(self.top_downsamples)]
     self.decoder = Decoder(*blocks, self.out_channels, self.num_downsamples,
-                           self.dtype)
+                           conv_transpose=self.conv_transpose, **layers)
 
   def codebook(self, level: str) -> jax.Array:
     """`[K, D]` of `level` ('top' or 'bottom')."""
@@ -106,13 +113,19 @@ class VQVAE2(nn.Module):
     return {"top": top, "bottom": bottom}
 
   def encode_to_indices(self, x: jax.Array) -> dict[str, jax.Array]:
-    """`[B, H, W, C]` -> `{"top": [B, h_t, w_t], "bottom": [B, h_b, w_b]}`."""
-    return {name: level["indices"] for name, level in self.encode(x).items()}
+    """`[B, H, W, C]` -> `{"top": [B, h_t, w_t, 1], "bottom": [B, h_b, w_b,
+    1]}` int32."""
+    return {name: level["indices"][..., None]
+            for name, level in self.encode(x).items()}
 
   def decode_indices(self, top: jax.Array, bottom: jax.Array) -> jax.Array:
-    """Codes of both levels -> images `[B, H, W, C]` float."""
-    return self.decode(jnp.take(self.codebook("top"), top, axis=0),
-                       jnp.take(self.codebook("bottom"), bottom, axis=0))
+    """Code grids of both levels, `[B, h, w, 1]` each -> images
+    `[B, H, W, C]` float32."""
+    check_code_grid(top, "top")
+    check_code_grid(bottom, "bottom")
+    return self.decode(jnp.take(self.codebook("top"), top[..., 0], axis=0),
+                       jnp.take(self.codebook("bottom"), bottom[..., 0],
+                                axis=0))
 
   def set_codebook(self, codebooks: dict[str, jax.Array]) -> None:
     for name, codebook in codebooks.items():

@@ -9,6 +9,7 @@ state) and exact resumption.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -20,11 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from vqjax import checkpoint, data, parallel
-from vqjax.logging import MetricWriter
+from vqjax.metric_writer import MetricWriter
+from vqjax.train import guard
 from vqjax.train.state import TrainState
 
 # The input pipeline's iterator state, in every checkpoint's metadata.
 DATA_STATE = "data_iterator"
+# The layout of the saved train state; checkpoints before vqjax 0.2 have none.
+FORMAT_KEY, FORMAT = "format", 2
 
 
 class Task(Protocol):
@@ -63,6 +67,34 @@ class Task(Protocol):
 
 
 STEPS_AHEAD = 2  # Train steps dispatched before the host waits for the oldest.
+
+
+class _BadSteps:
+  """Counts the steps `guard.skip_nonfinite_updates` skipped, logs each with
+  its number and stops the run after `limit` in a row."""
+
+  def __init__(self, limit: int, directory: str):
+    self.limit, self.directory = limit, directory
+    self.in_a_row, self.last_seen = 0, 0
+
+  def observe(self, step: int, metrics) -> None:
+    """`metrics`: the step's (replicated) metrics, once computed."""
+    if step <= self.last_seen:
+      return
+    self.last_seen = step
+    if float(parallel.unreplicate(metrics[guard.SKIPPED])) == 0.0:
+      self.in_a_row = 0
+      return
+    self.in_a_row += 1
+    logging.warning("Step %d: the loss or the update was not finite; the step "
+                    "was skipped (%d in a row).", step, self.in_a_row)
+    if self.in_a_row >= self.limit:
+      raise guard.TrainingError(
+          f"Stopped at step {step}: {self.in_a_row} steps in a row (from step "
+          f"{step - self.in_a_row + 1}) had a non-finite loss or update and "
+          f"were skipped; the checkpoints in {self.directory} hold only finite "
+          "states. Lower --config.train.learning_rate or check the data, then "
+          "run again to resume from the last checkpoint.")
 
 
 def _sum_trees(trees: list[dict]) -> dict:
@@ -109,6 +141,13 @@ def open_run(task: Task, workdir: str
       saved, config.to_dict(), workdir,
       groups=tuple(g for g in ("data", "model", "quantizer") if g in config))
   meta, _ = ckpt.restore_meta(step)
+  if meta.get(FORMAT_KEY) != FORMAT:
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} holds a run saved by vqjax < 0.2, whose train state "
+        "has another layout (stage 1's decoder variance in model_state, a "
+        "prior's parameters not under 'pixelcnn'); it restores for "
+        "sample.py, evaluate.py and stage 2, but training cannot resume it: "
+        "use a new --workdir.")
   task.check_resume(meta)
   return ckpt, int(step), meta
 
@@ -141,7 +180,8 @@ def train_and_evaluate(make_task: Callable[[], Task],
     checkpoint.write_config(workdir, config)
 
   writer = MetricWriter(workdir, enabled=is_main)
-  p_train_step = parallel.data_parallel(task.train_step)
+  p_train_step = parallel.data_parallel(
+      guard.skip_nonfinite_updates(task.train_step))
   p_eval_step = parallel.data_parallel(task.eval_step, donate_state=False)
   state = parallel.replicate(state)
 
@@ -162,52 +202,86 @@ def train_and_evaluate(make_task: Callable[[], Task],
                                           read_threads=0, prefetch_batches=0))}
   eval_metrics: dict[str, float] = {}
   pending, window_start, window_steps = [], time.perf_counter(), 0
+  bad_steps = _BadSteps(config.train.max_bad_steps, ckpt.directory)
+  saved = start_step
 
   def save(step):
-    ckpt.save(step, parallel.unreplicate(state),
-              {"config": checkpoint.config_to_dict(config),
+    nonlocal saved
+    host_state = parallel.unreplicate(state)
+    guard.check_finite(host_state, step, ckpt.directory)
+    ckpt.save(step, host_state,
+              {"config": checkpoint.config_to_dict(config), FORMAT_KEY: FORMAT,
                DATA_STATE: batches.get_state(), **task.checkpoint_meta()})
+    saved = step
 
+  # A bar only where a person watches a terminal: a cluster job's log file
+  # would get a line per step. The metric lines come every log_every steps
+  # either way.
+  show_bar = is_main and config.progress_bar and sys.stderr.isatty()
   progress = tqdm(range(start_step, num_steps), initial=start_step,
-                  total=num_steps, disable=not is_main or not
-                  config.progress_bar, desc=os.path.basename(
+                  total=num_steps, disable=not show_bar, desc=os.path.basename(
                       os.path.normpath(workdir)), dynamic_ncols=True)
-  for step in progress:
-    state, metrics = p_train_step(state, parallel.shard(next(batches)))
-    pending.append(metrics)
-    if len(pending) > STEPS_AHEAD:
-      # Dispatch no further ahead of the devices: with unboundedly many steps
-      # queued, XLA:CPU's launch threads wait on a full device queue whose
-      # computations need those threads (a deadlock under load).
-      jax.block_until_ready(pending[-1 - STEPS_AHEAD])
-    window_steps += 1
-    done = step + 1
-    if done % config.train.log_every == 0 or done == num_steps:
-      host = [parallel.unreplicate(m) for m in pending]
-      averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      elapsed = time.perf_counter() - window_start
-      averaged["images_per_sec"] = (window_steps * config.train.batch_size
-                                    / max(elapsed, 1e-9))
-      writer.write(done, averaged, "train")
-      progress.set_postfix({k: f"{averaged[k]:.4g}" for k in
-                            task.progress_keys if k in averaged})
-      pending, window_start, window_steps = [], time.perf_counter(), 0
-    if done % eval_every == 0 or done == num_steps:
-      eval_metrics = evaluate(task, p_eval_step, state,
-                              config.eval.batch_size)
-      writer.write(done, eval_metrics, "test")
-      if is_main:
-        host_state = parallel.unreplicate(state)
-        for path in task.write_images(host_state, fixed, done, workdir):
-          logging.info("Wrote %s", path)
-      window_start = time.perf_counter()
-    if done % ckpt_every == 0 or done == num_steps:
-      save(done)
-      window_start = time.perf_counter()
-  progress.close()
+  try:
+    with guard.Preemption() as preemption:
+      for step in progress:
+        done = step + 1
+        state, metrics = p_train_step(state, parallel.shard(next(batches)))
+        pending.append((done, metrics))
+        if len(pending) > STEPS_AHEAD:
+          # Dispatch no further ahead of the devices: with unboundedly many
+          # steps queued, XLA:CPU's launch threads wait on a full device queue
+          # whose computations need those threads (a deadlock under load).
+          older_step, older = pending[-1 - STEPS_AHEAD]
+          jax.block_until_ready(older)
+          bad_steps.observe(older_step, older)
+        window_steps += 1
+        if done % config.train.log_every == 0 or done == num_steps:
+          host = []
+          for pending_step, m in pending:
+            bad_steps.observe(pending_step, m)
+            host.append(parallel.unreplicate(m))
+          good = [m for m in host if m[guard.SKIPPED] == 0.0] or host
+          averaged = {k: float(np.mean([m[k] for m in good])) for k in good[0]}
+          averaged[guard.SKIPPED] = float(sum(m[guard.SKIPPED] for m in host))
+          elapsed = time.perf_counter() - window_start
+          averaged["images_per_sec"] = (window_steps * config.train.batch_size
+                                        / max(elapsed, 1e-9))
+          writer.write(done, averaged, "train")
+          progress.set_postfix({k: f"{averaged[k]:.4g}" for k in
+                                task.progress_keys if k in averaged})
+          pending, window_start, window_steps = [], time.perf_counter(), 0
+        if done % eval_every == 0 or done == num_steps:
+          eval_metrics = evaluate(task, p_eval_step, state,
+                                  config.eval.batch_size)
+          writer.write(done, eval_metrics, "test")
+          if is_main:
+            host_state = parallel.unreplicate(state)
+            for path in task.write_images(host_state, fixed, done, workdir):
+              logging.info("Wrote %s", path)
+          window_start = time.perf_counter()
+        if done % ckpt_every == 0 or done == num_steps:
+          for pending_step, m in pending:
+            bad_steps.observe(pending_step, m)
+          if bad_steps.in_a_row and done < num_steps:
+            # The state is that of the last good step: no copy of it pushes
+            # an older checkpoint out of the rotation.
+            logging.warning("Step %d: no checkpoint during skipped steps.",
+                            done)
+          else:
+            save(done)
+          window_start = time.perf_counter()
+        if done < num_steps and preemption.requested(done):
+          for pending_step, m in pending:
+            bad_steps.observe(pending_step, m)
+          if saved != done:
+            save(done)
+          ckpt.wait()
+          raise guard.Preempted(preemption.signum, done, ckpt.directory)
+  finally:
+    progress.close()
+    ckpt.close()
+    writer.close()
   if start_step >= num_steps:
     logging.info("%s is already trained to step %d (num_steps=%d); nothing to do.",
                  workdir, start_step, num_steps)
-  ckpt.close()
-  writer.close()
   return eval_metrics

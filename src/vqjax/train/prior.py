@@ -19,18 +19,19 @@ import numpy as np
 import optax
 from jax import lax
 
-from vqjax import data, images, kernels, runs, sampling
+from vqjax import data, images, runs, sampling
 from vqjax.configs import ConfigError
 from vqjax.models import build
+from vqjax.models.code_prior import CodePrior
 from vqjax.parallel import AXIS
-from vqjax.runs import TrainedVQVAE
+from vqjax.runs import TrainedStage1
 from vqjax.train import loop
 from vqjax.train.state import TrainState, make_optimizer
 
 CODES_FILE = "codes_{split}.npz"
 
 
-def check_image_shape(vqvae: TrainedVQVAE, dataset: data.Dataset) -> None:
+def check_image_shape(vqvae: TrainedStage1, dataset: data.Dataset) -> None:
   """Raises unless `vqvae` was trained on images of the dataset's shape."""
   if tuple(dataset.shape) != tuple(vqvae.image_shape):
     raise ConfigError(
@@ -39,23 +40,23 @@ def check_image_shape(vqvae: TrainedVQVAE, dataset: data.Dataset) -> None:
         f"{vqvae.image_shape}; use the same --config.data as stage 1.")
 
 
-def encode_split(vqvae: TrainedVQVAE, dataset: data.Dataset, level: str = "",
+def encode_split(vqvae: TrainedStage1, dataset: data.Dataset, level: str,
                  batch_size: int = 1000) -> data.Dataset:
   """Images `[N, H, W, C]` -> a Dataset of `level`'s codes `[N, h, w, 1]`
   (int16/32); for a VQ-VAE-2's bottom level its `conditions` are the top
-  codes `[N, h_t, w_t]`."""
+  codes `[N, h_t, w_t, 1]`."""
   check_image_shape(vqvae, dataset)
   dtype = np.int16 if vqvae.num_codes <= np.iinfo(np.int16).max else np.int32
   shapes = vqvae.code_shapes
   codes = np.empty((len(dataset),) + shapes[level] + (1,), dtype)
-  top = (np.empty((len(dataset),) + shapes["top"], dtype)
+  top = (np.empty((len(dataset),) + shapes["top"] + (1,), dtype)
          if level == "bottom" else None)
   labels = np.empty((len(dataset),), np.int32)
   for start in range(0, len(codes), batch_size):
     chunk = dataset.batch(np.arange(start, min(start + batch_size, len(codes))))
     end = start + len(chunk["image"])
     encoded = vqvae.encode_levels(chunk["image"])
-    codes[start:end, ..., 0] = np.asarray(encoded[level])
+    codes[start:end] = np.asarray(encoded[level])
     if top is not None:
       top[start:end] = np.asarray(encoded["top"])
     labels[start:end] = chunk["label"]
@@ -64,15 +65,16 @@ def encode_split(vqvae: TrainedVQVAE, dataset: data.Dataset, level: str = "",
                       conditions=top)
 
 
-def cached_codes(vqvae: TrainedVQVAE, dataset: data.Dataset, split: str,
-                 workdir: str, level: str = "") -> data.Dataset:
+def cached_codes(vqvae: TrainedStage1, dataset: data.Dataset, split: str,
+                 workdir: str, level: str) -> data.Dataset:
   """`encode_split`, cached in `workdir` for this VQ-VAE run, step and level."""
   path = os.path.join(workdir, CODES_FILE.format(split=split))
   key = f"{vqvae.workdir}@{vqvae.step}:{level}"
   if os.path.exists(path):
     with np.load(path) as cached:
       if (str(cached["vqvae"]) == key and "labels" in cached and
-          len(cached["codes"]) == len(dataset)):
+          len(cached["codes"]) == len(dataset) and
+          ("top" not in cached or cached["top"].ndim == 4)):
         return data.Dataset(name=f"{dataset.name}:codes", images=cached["codes"],
                             labels=cached["labels"],
                             num_classes=dataset.num_classes,
@@ -88,31 +90,33 @@ def cached_codes(vqvae: TrainedVQVAE, dataset: data.Dataset, split: str,
   return encoded
 
 
-def check_level(level: str, vqvae: TrainedVQVAE) -> None:
-  """Raises unless `level` names one of the VQ-VAE's code grids."""
+def resolve_level(level: str, vqvae: TrainedStage1) -> str:
+  """`config.level`, checked against the stage-1 run's code grids."""
   if not vqvae.levels:
     raise ConfigError(f"The run in {vqvae.workdir} is an AE/VAE (no codes); "
                       "point --config.vqvae_workdir at a VQ-VAE run.")
   if level not in vqvae.levels:
     choices = " or ".join(f"--config.level={l}" for l in vqvae.levels)
     raise ConfigError(
-        f"--config.level={level!r} does not name a code grid of the VQ-VAE in "
-        f"{vqvae.workdir}; set {choices or '--config.level=' + repr('')}.")
+        f"--config.level={level!r} does not name a code grid of the stage-1 "
+        f"run in {vqvae.workdir}; set {choices}.")
+  return level
 
 
 class PriorTask:
-  """Trains a GatedPixelCNN by maximum likelihood (cross-entropy in nats)."""
+  """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats)."""
   progress_keys = ("loss", "bits")
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                datasets: tuple[data.Dataset, data.Dataset, int] | None = None):
-    """Restores the linked VQ-VAE and loads the images `config` names (their
-    codes are encoded on first use of `train_data` / `test_data`), or takes
-    `datasets = (train, test, num_values)` as given (benchmarks)."""
+    """Restores the linked stage-1 run and loads the images `config` names
+    (their codes are encoded on first use of `train_data` / `test_data`), or
+    takes `datasets = (train, test, num_values)` as given (benchmarks)."""
     self.config = config
     self.workdir = workdir
-    self.vqvae: TrainedVQVAE | None = None
-    self.level = config.level
+    self.vqvae: TrainedStage1 | None = None
+    self.level: str | None = None  # None: raw pixels
+    top_num_codes = top_upsamples = 0
     if datasets is not None:
       self.train_data, self.test_data, self.num_values = datasets
       self._images = {}
@@ -123,29 +127,28 @@ class PriorTask:
       self.sample_shape = tuple(self._images["train"].shape)  # (h, w, C)
       self.num_values = 256
       if config.vqvae_workdir:
-        self.vqvae = runs.restore_vqvae(config.vqvae_workdir)
+        self.vqvae = runs.restore_stage1(config.vqvae_workdir)
         check_image_shape(self.vqvae, self._images["train"])
-        check_level(self.level, self.vqvae)
+        self.level = resolve_level(config.level, self.vqvae)
         self.sample_shape = self.vqvae.code_shapes[self.level] + (1,)
         self.num_values = self.vqvae.num_codes
-      elif self.level:
-        raise ConfigError("--config.level needs --config.vqvae_workdir (a "
-                          "VQ-VAE-2 run); leave it empty for raw pixels.")
+        if self.level == "bottom":
+          top_num_codes = self.vqvae.num_codes
+          top_upsamples = self.vqvae.config.model.top_downsamples
+      elif config.level in ("top", "bottom"):
+        raise ConfigError("--config.level=top|bottom needs "
+                          "--config.vqvae_workdir (a VQ-VAE-2 run); leave "
+                          "both unset for raw pixels.")
     labelled = self._images["train"] if self._images else self.train_data
     self.num_classes = labelled.num_classes
     if config.model.conditional and self.num_classes == 0:
       raise ConfigError(f"--config.model.conditional=True needs labels, but "
                         f"{config.data.name!r} has none.")
-    self.conditioner = None
-    if self.level == "bottom":
-      m = self.vqvae.config.model
-      self.conditioner = build.top_code_conditioner(
-          config, self.vqvae.num_codes, m.top_downsamples)
-    self.model = build.pixelcnn(config, self.num_values,
-                                self.sample_shape[-1], self.num_classes,
-                                spatially_conditioned=self.conditioner
-                                is not None)
-    self.kernels = kernels.resolve(config.model.kernels)
+    prior = functools.partial(
+        build.code_prior, config, self.num_values, self.sample_shape[-1],
+        self.num_classes, top_num_codes, top_upsamples)
+    self.model: CodePrior = prior()
+    self.eval_model: CodePrior = prior(inference=True)
     self.has_initialize = False
 
   def _split(self, split: str) -> data.Dataset:
@@ -176,45 +179,21 @@ class PriorTask:
             "vqvae": runs.link_of(self.vqvae) if self.vqvae else None,
             "level": self.level}
 
-  def _labels(self, batch):
-    return batch["label"] if self.config.model.conditional else None
+  def _inputs(self, batch) -> tuple:
+    """`(x, labels, top_codes)` of a batch for `CodePrior.__call__`."""
+    labels = batch["label"] if self.config.model.conditional else None
+    top_codes = batch["cond"] if self.model.top_num_codes else None
+    return jnp.asarray(batch["image"], jnp.int32), labels, top_codes
 
   def create_train_state(self, rng, batch) -> TrainState:
-    x = jnp.asarray(batch["image"], jnp.int32)
-    if self.conditioner is None:
-      params = jax.jit(self.model.init)(rng, x, self._labels(batch))["params"]
-    else:
-      rng, cond_rng = jax.random.split(rng)
-      cond_params = jax.jit(self.conditioner.init)(
-          cond_rng, jnp.asarray(batch["cond"], jnp.int32))["params"]
-      cond = self.conditioner.apply({"params": cond_params},
-                                    jnp.asarray(batch["cond"], jnp.int32))
-      params = {"pixelcnn": jax.jit(self.model.init)(
-          rng, x, self._labels(batch), cond)["params"],
-                "conditioner": cond_params}
+    params = jax.jit(self.model.init)(rng, *self._inputs(batch))["params"]
     return TrainState.create(apply_fn=self.model.apply, params=params,
                              tx=make_optimizer(self.config))
 
-  def _logits(self, params, x, batch, inference: bool) -> jax.Array:
-    """`[B, h, w, C, V]`; a bottom prior reads the top codes `batch['cond']`
-    through its conditioner (params `{"pixelcnn", "conditioner"}`).
-
-    Training steps compute it with the kernels `config.model.kernels` picks
-    (on XLA:CPU, Winograd convolutions: exactly causal only up to float32
-    rounding); `inference` (the test NLL) with direct, exactly causal ones.
-    """
-    with kernels.scope(self.kernels, inference=inference):
-      if self.conditioner is None:
-        return self.model.apply({"params": params}, x, self._labels(batch))
-      cond = self.conditioner.apply({"params": params["conditioner"]},
-                                    jnp.asarray(batch["cond"], jnp.int32))
-      return self.model.apply({"params": params["pixelcnn"]}, x,
-                              self._labels(batch), cond)
-
-  def _nll(self, params, batch, inference: bool = False) -> jax.Array:
+  def _nll(self, model: CodePrior, params, batch) -> jax.Array:
     """Per-example NLL in nats, summed over positions and channels: [B]."""
-    x = jnp.asarray(batch["image"], jnp.int32)
-    logits = self._logits(params, x, batch, inference)
+    x, labels, top_codes = self._inputs(batch)
+    logits = model.apply({"params": params}, x, labels, top_codes)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
@@ -222,7 +201,7 @@ class PriorTask:
     dims = math.prod(self.sample_shape)
 
     def loss_fn(params):
-      return jnp.mean(self._nll(params, batch)) / dims
+      return jnp.mean(self._nll(self.model, params, batch)) / dims
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grads = lax.pmean(grads, AXIS)
@@ -231,7 +210,8 @@ class PriorTask:
     return state, {"loss": loss, "bits": loss / math.log(2.0)}
 
   def eval_step(self, state: TrainState, batch: dict) -> dict:
-    nll = self._nll(state.params, batch, inference=True)
+    # The inference model: direct convolutions, exactly causal.
+    nll = self._nll(self.eval_model, state.params, batch)
     return lax.psum({"nll": jnp.sum(nll * batch["mask"]),
                      "count": jnp.sum(batch["mask"])}, AXIS)
 
@@ -248,22 +228,19 @@ class PriorTask:
     n = self.config.eval.num_samples
     if not n or self.level == "top":
       return []
-    params, cond, top = state.params, None, None
-    if self.conditioner is not None:
+    top = None
+    if self.level == "bottom":
       top = self.test_data.conditions[:n]
       n = len(top)
-      params = state.params["pixelcnn"]
-      cond = self.conditioner.apply({"params": state.params["conditioner"]},
-                                    jnp.asarray(top, jnp.int32))
     labels = (jnp.arange(n, dtype=jnp.int32) % self.num_classes
               if self.config.model.conditional else None)
     samples = np.asarray(sampling.sample(
-        self.model, {"params": params}, jax.random.PRNGKey(step),
-        (n,) + self.sample_shape, self.config.sample.temperature, labels=labels,
-        cond=cond, method=self.config.sample.method))
+        self.eval_model, {"params": state.params}, jax.random.PRNGKey(step),
+        (n,) + self.sample_shape, self.config.sample.temperature,
+        labels=labels, top_codes=top, method=self.config.sample.method))
     if top is not None:
       pictures = np.asarray(self.vqvae.decode_levels(
-          {"top": top, "bottom": samples[..., 0]}))
+          {"top": top, "bottom": samples}))
     else:
       pictures = runs.samples_to_images(samples, self.vqvae)
     return [images.save_grid(os.path.join(

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from vqjax import data, images, kernels, likelihood, quantizer
+from vqjax import data, images, likelihood, quantizer
 from vqjax.configs import ConfigError
 from vqjax.models import build
 from vqjax.models.autoencoder import SAMPLE_RNG, Autoencoder
@@ -21,7 +21,8 @@ from vqjax.models.vector_quantizer import EMA_COLLECTION, RESTART_RNG
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
 from vqjax.train import loop
-from vqjax.train.state import TrainState, make_optimizer
+from vqjax.train.state import Stage1TrainState, make_optimizer
+
 
 def split_variables(variables) -> tuple[dict, dict]:
   variables = dict(variables)
@@ -34,16 +35,16 @@ def clip_to_pixels(images: jax.Array) -> jax.Array:
   return jnp.clip(images, -0.5, 0.5)
 
 
-LIKELIHOOD = likelihood.STATE_KEY  # model_state entry of the decoder's variance
 VARIANCE_DECAY = 0.99
 
 
-def level_key(name: str, level: str) -> str:
-  """Metric name of one level: 'perplexity', or 'perplexity_top'."""
-  return f"{name}_{level}" if level else name
+def level_key(name: str, level: str, levels: tuple[str, ...]) -> str:
+  """Metric name of one of `levels`: 'perplexity' for a one-level model,
+  'perplexity_top' for a VQ-VAE-2's top level."""
+  return f"{name}_{level}" if len(levels) > 1 else name
 
 
-class VQVAETask:
+class Stage1Task:
   """Trains a stage-1 model (`config.model.bottleneck`): a VQ-VAE or VQ-VAE-2
   (loss = MSE / Var(train data) + quantizer losses), an autoencoder (MSE /
   Var only) or a Gaussian VAE (negative ELBO per dimension).
@@ -51,7 +52,7 @@ class VQVAETask:
   Every model is scored by the same discrete likelihood
   (`vqjax.likelihood`): a Gaussian over the 256 values of each pixel around
   the reconstruction, whose per-channel variance is an exponential moving
-  average of the training batches' squared errors (kept in `model_state`).
+  average of the training batches' squared errors (`decoder_variance`).
   The VAE's training loss uses that likelihood with the batch's own variance.
   """
   progress_keys = ("loss", "nmse", "perplexity", "perplexity_bottom",
@@ -72,18 +73,19 @@ class VQVAETask:
     self.test_data = data.load(config.data, "test")
     self.data_variance = float(data.data_variance(self.train_data))
     channels = self.train_data.shape[-1]
-    self.model = build.autoencoder(config, channels, axis_name=AXIS)
-    self.host_model = build.autoencoder(config, channels)
+    self.model = build.stage1(config, channels, axis_name=AXIS)
+    self.eval_model = build.stage1(config, channels, axis_name=AXIS,
+                                   inference=True)
+    self.host_model = build.stage1(config, channels, inference=True)
     self.variational = bottleneck == "vae"
     self.levels = self.model.levels
-    self.kernels = kernels.resolve(config.model.kernels)
     self.has_initialize = q.kmeans_init
     self._rng, self._kmeans_rng = jax.random.split(
         jax.random.PRNGKey(config.seed), 2)
     self.num_dims = math.prod(self.train_data.shape)
 
   def checkpoint_meta(self) -> dict:
-    return {"kind": "vqvae", "image_shape": list(self.train_data.shape),
+    return {"kind": "stage1", "image_shape": list(self.train_data.shape),
             "data_variance": self.data_variance,
             "bottleneck": self.config.model.bottleneck,
             "levels": list(self.levels)}
@@ -91,28 +93,21 @@ class VQVAETask:
   def check_resume(self, meta: dict) -> None:
     del meta  # A stage-1 run depends on no other run.
 
-  def _apply(self, model, variables, *args, inference: bool = False, **kwargs):
-    """`model.apply`, computed by the kernels `config.model.kernels` picks
-    (the likelihood's variance is not the model's)."""
-    variables = {k: v for k, v in variables.items() if k != LIKELIHOOD}
-    with kernels.scope(self.kernels, inference=inference):
-      return model.apply(variables, *args, **kwargs)
-
   def _rngs(self, step) -> dict:
     rng = jax.random.fold_in(self._rng, step)
     return {RESTART_RNG: rng, SAMPLE_RNG: jax.random.fold_in(rng, 1)}
 
-  def create_train_state(self, rng, batch) -> TrainState:
+  def create_train_state(self, rng, batch) -> Stage1TrainState:
     x = to_float(jnp.asarray(batch["image"]))
     variables = jax.jit(self.host_model.init)(
         {"params": rng, SAMPLE_RNG: rng}, x)
     params, model_state = split_variables(variables)
     channels = x.shape[-1]
-    model_state[LIKELIHOOD] = {"variance": jnp.full(
-        (channels,), self.data_variance, jnp.float32)}
-    return TrainState.create(apply_fn=self.model.apply, params=params,
-                             tx=make_optimizer(self.config),
-                             model_state=model_state)
+    return Stage1TrainState.create(
+        apply_fn=self.model.apply, params=params,
+        tx=make_optimizer(self.config), model_state=model_state,
+        decoder_variance=jnp.full((channels,), self.data_variance,
+                                  jnp.float32))
 
   def _losses(self, out: dict, x: jax.Array) -> dict:
     """The training loss and what is logged of it. `mse` and `nmse` are
@@ -137,27 +132,22 @@ class VQVAETask:
       return losses
     losses["loss"] = mse / self.data_variance + out["loss"]
     for level, q in out["levels"].items():
-      losses[level_key("codebook_loss", level)] = q["codebook_loss"]
-      losses[level_key("commitment_loss", level)] = q["commitment_loss"]
+      losses[self._key("codebook_loss", level)] = q["codebook_loss"]
+      losses[self._key("commitment_loss", level)] = q["commitment_loss"]
     return losses
 
-  def train_step(self, state: TrainState, batch: dict):
+  def _key(self, name: str, level: str) -> str:
+    return level_key(name, level, self.levels)
+
+  def train_step(self, state: Stage1TrainState, batch: dict):
     """One optimisation step on one device's shard of the global batch."""
     x = to_float(batch["image"])
-    model_state = {k: v for k, v in state.model_state.items()
-                   if k != LIKELIHOOD}
-    mutable = list(model_state)
+    mutable = list(state.model_state)
 
     def loss_fn(params):
-      variables = {"params": params, **model_state}
-      if mutable:
-        out, new_model_state = self._apply(
-            self.model, variables, x, train=True, mutable=mutable,
-            rngs=self._rngs(state.step))
-      else:
-        out = self._apply(self.model, variables, x, train=True,
-                          rngs=self._rngs(state.step))
-        new_model_state = {}
+      out, new_model_state = self.model.apply(
+          {"params": params, **state.model_state}, x, train=True,
+          mutable=mutable, rngs=self._rngs(state.step))
       losses = self._losses(out, x)
       return losses["loss"], (losses, out, new_model_state)
 
@@ -165,30 +155,30 @@ class VQVAETask:
         loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
     channel_mse = lax.pmean(losses.pop("channel_mse"), AXIS)
-    variance = state.model_state[LIKELIHOOD]["variance"]
-    new_model_state = dict(new_model_state)
-    new_model_state[LIKELIHOOD] = {"variance": VARIANCE_DECAY * variance
-                                   + (1 - VARIANCE_DECAY) * channel_mse}
-    state = state.apply_gradients(grads=grads, model_state=new_model_state)
+    variance = (VARIANCE_DECAY * state.decoder_variance
+                + (1 - VARIANCE_DECAY) * channel_mse)
+    state = state.apply_gradients(grads=grads,
+                                  model_state=dict(new_model_state),
+                                  decoder_variance=variance)
     metrics = lax.pmean(losses, AXIS)
     for level, q in out["levels"].items():
       counts = lax.psum(q["counts"], AXIS)
-      metrics[level_key("perplexity", level)] = quantizer.perplexity(counts)
-      metrics[level_key("codes_used", level)] = quantizer.fraction_used(counts)
+      metrics[self._key("perplexity", level)] = quantizer.perplexity(counts)
+      metrics[self._key("codes_used", level)] = quantizer.fraction_used(counts)
       if "restarted" in q:
-        metrics[level_key("codes_restarted", level)] = q["restarted"]
+        metrics[self._key("codes_restarted", level)] = q["restarted"]
     return state, metrics
 
-  def eval_step(self, state: TrainState, batch: dict) -> dict:
+  def eval_step(self, state: Stage1TrainState, batch: dict) -> dict:
     """Sums over the global batch (padding masked out)."""
     x = to_float(batch["image"])
     mask = batch["mask"]
-    out = self._apply(self.model, state.variables(), x, train=False,
-                      rngs={SAMPLE_RNG: jax.random.PRNGKey(0)})
+    out = self.eval_model.apply(state.variables(), x, train=False,
+                                rngs={SAMPLE_RNG: jax.random.PRNGKey(0)})
     per_image = jnp.sum(jnp.square(clip_to_pixels(out["reconstruction"]) - x),
                         axis=(1, 2, 3))
     log_p = likelihood.discretized_gaussian_log_prob(
-        x, out["reconstruction"], state.model_state[LIKELIHOOD]["variance"])
+        x, out["reconstruction"], state.decoder_variance)
     sums = {
         "squared_error": jnp.sum(per_image * mask),
         "num_values": jnp.sum(mask) * np.prod(x.shape[1:]),
@@ -199,12 +189,12 @@ class VQVAETask:
       sums["kl_nats"] = jnp.sum(mask * out["kl"])
     for level, q in out["levels"].items():
       code_mask = jnp.broadcast_to(mask[:, None, None], q["indices"].shape)
-      sums[level_key("commitment", level)] = jnp.sum(mask * jnp.mean(
+      sums[self._key("commitment", level)] = jnp.sum(mask * jnp.mean(
           jnp.square(q["z_e"] - lax.stop_gradient(q["quantized"])),
           axis=(1, 2, 3)))
-      sums[level_key("counts", level)] = quantizer.code_counts(
+      sums[self._key("counts", level)] = quantizer.code_counts(
           q["indices"], self.config.quantizer.num_codes, weights=code_mask)
-      sums[level_key("num_codes", level)] = (
+      sums[self._key("num_codes", level)] = (
           jnp.sum(mask) * math.prod(q["indices"].shape[1:]))
     return lax.psum(sums, AXIS)
 
@@ -223,14 +213,14 @@ class VQVAETask:
       metrics["kl_bits_per_dim"] = likelihood.bits_per_dim(code_nats,
                                                            self.num_dims)
     for level in self.levels:
-      per_image = float(sums[level_key("num_codes", level)]) / n
+      per_image = float(sums[self._key("num_codes", level)]) / n
       code_nats += per_image * math.log(self.config.quantizer.num_codes)
-      counts = sums[level_key("counts", level)]
-      metrics[level_key("commitment_loss", level)] = float(
-          self.config.quantizer.beta * sums[level_key("commitment", level)] / n)
-      metrics[level_key("perplexity", level)] = float(
+      counts = sums[self._key("counts", level)]
+      metrics[self._key("commitment_loss", level)] = float(
+          self.config.quantizer.beta * sums[self._key("commitment", level)] / n)
+      metrics[self._key("perplexity", level)] = float(
           quantizer.perplexity(counts))
-      metrics[level_key("codes_used", level)] = float(
+      metrics[self._key("codes_used", level)] = float(
           quantizer.fraction_used(counts))
     metrics["reconstruction_bits_per_dim"] = likelihood.bits_per_dim(
         reconstruction, self.num_dims)
@@ -238,16 +228,18 @@ class VQVAETask:
         reconstruction + code_nats, self.num_dims)
     return metrics
 
-  def initialize(self, state: TrainState, batch: dict) -> TrainState:
+  def initialize(self, state: Stage1TrainState, batch: dict
+                 ) -> Stage1TrainState:
     """k-means codebook from the first global batch (identical on devices)."""
     cfg = self.config.quantizer
-    z_e = self._apply(self.model, state.variables(), to_float(batch["image"]),
-                      method=VQVAE.encode)
+    z_e = self.eval_model.apply(state.variables(), to_float(batch["image"]),
+                                method=VQVAE.encode)
     centres = quantizer.kmeans(z_e, cfg.num_codes, self._kmeans_rng,
                                cfg.kmeans_iters, axis_name=AXIS)
     if cfg.use_ema:
-      _, ema = self._apply(self.model, state.variables(), centres,
-                           method=VQVAE.set_codebook, mutable=[EMA_COLLECTION])
+      _, ema = self.eval_model.apply(state.variables(), centres,
+                                     method=VQVAE.set_codebook,
+                                     mutable=[EMA_COLLECTION])
       return state.replace(model_state={**state.model_state, **ema})
     params = jax.tree_util.tree_map(lambda x: x, state.params)
     params["quantizer"]["codebook"] = centres
@@ -257,20 +249,19 @@ class VQVAETask:
   def _reconstruct(self):
     # The VAE's pictures decode the posterior mean.
     kwargs = {"sample": False} if self.variational else {}
-    return jax.jit(lambda variables, x: self._apply(
-        self.host_model, variables, to_float(x), inference=True,
-        **kwargs)["reconstruction"])
+    return jax.jit(lambda variables, x: self.host_model.apply(
+        variables, to_float(x), **kwargs)["reconstruction"])
 
   @functools.cached_property
   def _decode_prior_samples(self):
     """The VAE's samples: z ~ N(0, I) on the latent grid, decoded."""
     def decode(variables, key, latent_shape):
       z = jax.random.normal(key, latent_shape)
-      return to_uint8(self._apply(self.host_model, variables, z,
-                                  inference=True, method=Autoencoder.decode))
+      return to_uint8(self.host_model.apply(variables, z,
+                                            method=Autoencoder.decode))
     return jax.jit(decode, static_argnums=2)
 
-  def write_images(self, state: TrainState, batches: dict, step: int,
+  def write_images(self, state: Stage1TrainState, batches: dict, step: int,
                    workdir: str) -> list[str]:
     """PNG grids: images (left) and their reconstructions (right); for the
     VAE also `samples_<step>.png`, decoded draws from its N(0, I) prior."""
@@ -299,4 +290,4 @@ class VQVAETask:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage 1: trains `config`'s model in `workdir`; returns the final test
   metrics."""
-  return loop.train_and_evaluate(lambda: VQVAETask(config), config, workdir)
+  return loop.train_and_evaluate(lambda: Stage1Task(config), config, workdir)

@@ -19,6 +19,14 @@ class TrainState(train_state.TrainState):
     return {"params": self.params, **self.model_state}
 
 
+class Stage1TrainState(TrainState):
+  """A stage-1 run's state: also the decoder likelihood's per-channel
+  variance `[C]` (`vqjax.likelihood`), which the trainer keeps as an
+  exponential moving average of the batches' squared errors. It scores the
+  model, it is not part of it."""
+  decoder_variance: Any = None
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam(W) with optional warm-up/cosine schedule and gradient clipping.
 
