@@ -16,7 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests compile the same tiny models in many processes; JAX's persistent
 # compilation cache (fresh for each test session) makes every compile after
 # the first a lookup. Set before any test module imports jax.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+# Under pytest-xdist the workers of one run share a cache (the run's uid).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"vqjax-test-xla-cache-{_RUN}") if _RUN else
                       tempfile.mkdtemp(prefix="vqjax-test-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

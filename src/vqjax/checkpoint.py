@@ -59,6 +59,9 @@ def check_same_architecture(saved: dict, current: dict, workdir: str,
                             groups: tuple[str, ...]) -> None:
   """Raises if a resumed run's config changes any key of `groups` (other
   than those in `NOT_ARCHITECTURE`)."""
+  # As JSON has them: a tuple in the config is a list in config.json.
+  saved, current = (json.loads(json.dumps(c, default=list))
+                    for c in (saved, current))
   for group in groups:
     old, new = saved.get(group, {}), current.get(group, {})
     for key in sorted(set(old) | set(new)):

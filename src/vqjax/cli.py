@@ -13,10 +13,11 @@ from vqjax import xla_cpu
 from vqjax.checkpoint import CheckpointError
 from vqjax.configs import ConfigError
 from vqjax.data import DataError
+from vqjax.train import guard
 
 # Errors that mean "the input was wrong", reported in one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError,
-                                                DataError)
+                                                DataError, guard.TrainingError)
 
 
 def init_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -107,6 +108,10 @@ def run(main: Callable[[], None],
         logging.info("CPU backend: %d data-parallel device(s).", done["devices"])
       init_distributed(**distributed())
       main()
+    except guard.Preempted as e:  # Saved; 128 + signal, as a shell reports it.
+      logging.flush()
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(e.exit_status)
     except USER_ERRORS as e:
       logging.flush()
       print(f"error: {e}", file=sys.stderr)
