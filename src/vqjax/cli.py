@@ -1,15 +1,25 @@
-"""What the top-level scripts share: flags, clear one-line errors, devices."""
+"""What the top-level scripts share: flags, clear one-line errors, devices.
+
+A bad input (a missing or corrupt dataset, a misspelt config key, a workdir
+that cannot be used, ...) ends a script with one line on stderr, `error:
+<what was wrong>; <what to do>`, and exit status 2, before anything in the
+workdir is changed. `--debug` (or any `--verbosity`) also prints the Python
+traceback.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging as python_logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from vqjax import xla_cpu
+from vqjax import checkpoint, configs, data, xla_cpu
 from vqjax.checkpoint import CheckpointError
 from vqjax.configs import ConfigError
 from vqjax.data import DataError
@@ -18,6 +28,33 @@ from vqjax.train import guard
 # Errors that mean "the input was wrong", reported in one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError,
                                                 DataError, guard.TrainingError)
+# OS errors that come from the machine, not from vqjax: also one line.
+ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+    errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG, errno.EFBIG})
+EXIT_BAD_INPUT = 2
+
+flags.DEFINE_bool("debug", False, "On an error, print its Python traceback "
+                  "as well as the one-line message.")
+
+
+def _verbose(argv: list[str] | None = None) -> bool:
+  """Whether errors show their traceback: `--debug` or any `--verbosity`."""
+  if argv is not None:
+    return any(a in ("--debug", "--debug=true", "--debug=True") or
+               a.startswith(("--verbosity", "-v=")) for a in argv)
+  return bool(flags.FLAGS["debug"].value) or flags.FLAGS["verbosity"].present
+
+
+def fail(message: str, verbose: bool = False) -> None:
+  """Prints `error: <message>` as one line (after the traceback of the
+  exception being handled, if `verbose`) and exits with status 2."""
+  logging.flush()
+  if verbose and sys.exc_info()[0] is not None:
+    traceback.print_exc()
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr,
+        flush=True)
+  sys.exit(EXIT_BAD_INPUT)
 
 
 def init_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -44,32 +81,95 @@ def init_distributed(coordinator_address: str = "", num_processes: int = 0,
     jax.distributed.initialize()
 
 
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).replace("\\n", " ").split()).strip("'\"")
+def _one_line(error: BaseException | str) -> str:
+  text = " ".join(str(error).replace("\\n", " ").split())
+  if isinstance(error, KeyError):  # str(KeyError('x')) is "'x'"
+    text = text.strip("'\"")
+  return text
+
+
+def _config_path(argv: list[str]) -> str:
+  return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+              "?")
+
+
+def _config_value(dotted: str):
+  """The loaded config's value at `dotted` ('train.batch_size'), or None."""
+  try:
+    value = flags.FLAGS["config"].value
+    for key in dotted.split("."):
+      value = value[key]
+    return value
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+_EXPECTED = (("invalid literal for int()", "an integer"),
+             ("could not convert string to float", "a number"),
+             ("Non-boolean argument", "true or false"),
+             ("as a ConfigDict", "a group of keys, not one value"))
+
+
+def _flag_message(message: str) -> str:
+  """One line for an absl flag error; for a `--config.x=value` of the wrong
+  type, which type the key wants and an example."""
+  if "Traceback" in message:  # keep the flag and the config file's own error
+    flag = message.split(":", 1)[0]
+    return f"{flag}: {message.strip().splitlines()[-1]}"
+  match = re.match(r"flag (--([\w.]+))=(.*?): (.*)$", message, re.DOTALL)
+  if not match:
+    return message
+  flag, key, value, why = match.groups()
+  expected = next((e for k, e in _EXPECTED if k in why), None)
+  if expected is None:
+    return message
+  if not key.startswith("config."):
+    return f"{flag}={value}: {flag} takes {expected}."
+  key = key[len("config."):]
+  default = _config_value(key)
+  if isinstance(default, (bool, int, float, str)) and not (
+      expected.startswith("a group")):
+    example = str(default).lower() if isinstance(default, bool) else default
+    hint = f"; pass e.g. {flag}={example} (the config's value)"
+  elif expected.startswith("a group"):
+    hint = f"; set one of its keys, e.g. {flag}.<key>=<value>"
+  else:
+    hint = ""
+  return f"{flag}={value}: config.{key} takes {expected}{hint}."
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config mistakes (a misspelt `--config.a.b`, a bad
   config file or value) reported in one line instead of a traceback."""
+  verbose = _verbose(argv)
+  absl_logger = python_logging.getLogger("absl")
+  # Loading the config file may log (a get_config() that returns None does):
+  # its error line below says it all.
+  absl_logger.disabled = not verbose
   try:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
       flags.FLAGS.config.keys()  # config_flags defers load errors to first use
     return rest
+  except flags.IllegalFlagValueError as e:
+    if "--config must have a value" in str(e) and _config_path(argv) != "?":
+      fail(f"--config={_config_path(argv)}: its get_config() returned None; "
+           "it must return an ml_collections.ConfigDict.", verbose)
+    fail(_one_line(_flag_message(str(e))), verbose)
   except OSError as e:
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
-                "?")
-    reason = ("no such file" if not os.path.exists(path.split(":")[0])
-              else _one_line(e))
-    print(f"error: cannot load --config={path}: {reason}; pass the path of a "
-          "config file such as configs/mnist_vqvae.py.", file=sys.stderr)
+    path = _config_path(argv)
+    why = ("no such file" if not os.path.exists(path.split(":")[0])
+           else _one_line(e))
+    fail(f"cannot load --config={path}: {why}; pass the path of a config "
+         "file such as configs/mnist_vqvae.py.", verbose)
   except flags.Error as e:
-    message = str(e)
-    if "Traceback" in message:  # keep the flag and the config file's own error
-      flag = message.split(":", 1)[0]
-      message = f"{flag}: {message.strip().splitlines()[-1]}"
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    fail(_one_line(_flag_message(str(e))), verbose)
   except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):
+      fail(f"--config={_config_path(argv)} defines no get_config(); a config "
+           "file must define get_config() returning an "
+           "ml_collections.ConfigDict, as configs/mnist_vqvae.py does.",
+           verbose)
     # ml_collections raises these for an override of a key that is not there.
     match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(e))
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
@@ -77,12 +177,69 @@ def parse_flags(argv: list[str]) -> list[str]:
     culprit = next((o for o in overrides if f".{wrong}." in o + "."),
                    "a --config override")
     hint = f' (did you mean "{match.group(1)}"?)' if match else ""
-    print(f"error: {culprit} names no key of the config{hint}; "
-          "config keys cannot be added from the command line.",
-          file=sys.stderr)
-  except Exception as e:  # the config file itself failed to load
-    print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
-  sys.exit(2)
+    fail(f"{culprit} names no key of the config{hint}; config keys cannot be "
+         "added from the command line.", verbose)
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file itself failed to run.
+    fail(f"cannot load --config={_config_path(argv)}: {type(e).__name__}: "
+         f"{_one_line(e)}; fix the config file.", verbose)
+  finally:
+    absl_logger.disabled = False
+  return []  # not reached: fail() exits
+
+
+class _ErrorLineFormatter(python_logging.Formatter):
+  """absl log records as `warning: <message>`, without tracebacks."""
+
+  def format(self, record: python_logging.LogRecord) -> str:
+    return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+class _DropOrbaxRecords(python_logging.Filter):
+  """Drops Orbax's own log records: its errors (with tracebacks) reach vqjax
+  as exceptions, reported in one line, and its warnings are about its own
+  workings (such as a save that waited on the previous one for over 1 s).
+  Also asyncio's "Task exception was never retrieved" for the other reads
+  of a checkpoint Orbax gave up on."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return (f"{os.sep}orbax{os.sep}" not in record.pathname
+            and record.name != "asyncio")
+
+
+def _quiet_unraisable(hook):
+  """TensorStore's callbacks into an asyncio loop Orbax has closed (after a
+  failed read or write) are reported as unraisable 'Event loop is closed'
+  errors: noise once the failure itself has been reported."""
+
+  def quiet(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      hook(unraisable)
+
+  return quiet
+
+
+def quiet_logging() -> None:
+  """Without `--verbosity`: vqjax's warnings and errors only, as one
+  `warning: ...` line each, and no library tracebacks."""
+  logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+  handler = logging.get_absl_handler()
+  handler.setFormatter(_ErrorLineFormatter())
+  handler.addFilter(_DropOrbaxRecords())
+  sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def environment_error(error: OSError) -> str | None:
+  """The one line for an OS error that the machine caused (a full disk, a
+  folder that cannot be written), or None for any other."""
+  if error.errno not in ENVIRONMENT_ERRNOS:
+    return None
+  where = f" {error.filename}" if error.filename else ""
+  todo = ("free space (or raise the quota) and rerun"
+          if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+          else "pass a path that exists and that you can write to")
+  return f"cannot use{where}: {error.strerror}; {todo}."
 
 
 def run(main: Callable[[], None],
@@ -100,8 +257,9 @@ def run(main: Callable[[], None],
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    verbose = _verbose()
     if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+      quiet_logging()
     try:
       done = xla_cpu.configure(*cpu_devices())
       if done["devices"]:
@@ -113,9 +271,12 @@ def run(main: Callable[[], None],
       print(str(e), file=sys.stderr, flush=True)
       sys.exit(e.exit_status)
     except USER_ERRORS as e:
-      logging.flush()
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(str(e), verbose)
+    except OSError as e:
+      line = environment_error(e)
+      if line is None:
+        raise
+      fail(line, verbose)
 
   app.run(_main, flags_parser=parse_flags)
 
@@ -141,8 +302,22 @@ def train_main(train_and_evaluate: Callable[..., object]) -> None:
   f = flags.FLAGS
 
   def main():
+    check_before_training(f.config, f.workdir)
     train_and_evaluate(f.config, f.workdir)
 
   run(main, lambda: (f.cpu_devices, (f.config.train.batch_size,)),
       lambda: {"coordinator_address": f.coordinator_address,
                "num_processes": f.num_processes, "process_id": f.process_id})
+
+
+def check_before_training(config, workdir: str) -> None:
+  """What can be checked of a training command before any data is read or
+  anything written: values that cannot work, a workdir that cannot be
+  written or holds another kind of run, an image size the model cannot
+  take (where the dataset's size is known without reading it)."""
+  configs.check_values(config)
+  checkpoint.check_writable(workdir)
+  checkpoint.check_resumable(workdir, config)
+  shape = data.known_image_shape(config.get("data") or {})
+  if shape is not None:
+    configs.check_image_fits(config, shape)

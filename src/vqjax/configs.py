@@ -11,6 +11,65 @@ class ConfigError(ValueError):
   """A config value that cannot work, with what to set instead."""
 
 
+# Keys that must be whole numbers >= 1 (when the config has them): steps
+# between events, and batch sizes.
+POSITIVE_KEYS = ("train.batch_size", "train.log_every", "eval.every",
+                 "eval.batch_size", "checkpoint.every", "checkpoint.max_to_keep")
+
+
+def _get(config, dotted: str):
+  for key in dotted.split("."):
+    if not hasattr(config, "get") or key not in config:
+      return None
+    config = config[key]
+  return config
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Raises for a value no run can use: a count of steps or a batch size
+  below 1 (`POSITIVE_KEYS`), or a negative `train.num_steps`."""
+  for key in POSITIVE_KEYS:
+    value = _get(config, key)
+    if value is not None and not value >= 1:
+      raise ConfigError(f"--config.{key}={value} cannot work; set it to a "
+                        "whole number >= 1.")
+  steps = _get(config, "train.num_steps")
+  if steps is not None and steps < 0:
+    raise ConfigError(f"--config.train.num_steps={steps} is negative; set "
+                      "the number of steps to train for.")
+
+
+def downsampling(config: ml_collections.ConfigDict) -> int:
+  """How many times smaller a stage-1 model's coarsest code grid is than
+  its images (2^(num_downsamples + top_downsamples)); 1 for other models."""
+  model = config.get("model") or {}
+  if "num_downsamples" not in model:
+    return 1
+  return 2 ** (int(model["num_downsamples"]) +
+               int(model.get("top_downsamples", 0) or 0))
+
+
+def check_image_fits(config: ml_collections.ConfigDict,
+                     shape: tuple[int, ...]) -> None:
+  """Raises unless images of `shape` (H, W, ...) fit `config`'s stage-1
+  model: each of its stride-2 downsamplings needs an even size, so H and W
+  must be multiples of `downsampling(config)`."""
+  factor = downsampling(config)
+  h, w = int(shape[0]), int(shape[1])
+  if h % factor == 0 and w % factor == 0:
+    return
+  m = config.model
+  levels = (f"model.num_downsamples={m.num_downsamples} + "
+            f"model.top_downsamples={m.top_downsamples}"
+            if m.get("top_downsamples") else
+            f"model.num_downsamples={m.num_downsamples}")
+  size = max(factor, round(max(h, w) / factor) * factor)
+  raise ConfigError(
+      f"Images of {h}x{w} do not fit the model: its {levels} halvings need a "
+      f"height and width divisible by {factor}; set --config.data.image_size="
+      f"{size} (or another multiple of {factor}), or fewer downsamplings.")
+
+
 def train_group(batch_size: int, learning_rate: float, num_steps: int = 2000,
                 cosine_decay: bool = False, grad_clip_norm: float = 0.0
                 ) -> ml_collections.ConfigDict:

@@ -42,6 +42,28 @@ def load(config, split: str):
       image_size=int(config.get("image_size", 0) or 0))
 
 
+# (H, W, C) of the datasets whose image size is fixed.
+KNOWN_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                "cifar10": (32, 32, 3)}
+
+
+def known_image_shape(config) -> tuple[int, int] | None:
+  """(H, W) of the images `config` (a `data` group) will load, if that is
+  known without reading the dataset: `image_size`, a fixed-size dataset, or
+  the first image of a folder (whose images are all one size unless
+  `image_size` is set). None when it is not known cheaply (TFDS) or the
+  data cannot be found: loading it then says why."""
+  size = int(config.get("image_size", 0) or 0)
+  if size > 0:
+    return size, size
+  name = config.get("name") or ""
+  if name in KNOWN_SHAPES:
+    return KNOWN_SHAPES[name][:2]
+  if name == "folder" and config.get("dir"):
+    return folder.first_image_size(os.path.expanduser(config.get("dir")))
+  return None
+
+
 def load_dataset(name: str, split: str, data_dir: str | None = None,
                  image_size: int = 0):
   """Opens one split of a dataset by name; see the module docstring.
@@ -80,5 +102,6 @@ def load_dataset(name: str, split: str, data_dir: str | None = None,
 
 
 __all__ = ["SPLITS", "DataError", "Dataset", "load", "load_dataset",
+           "known_image_shape",
            "train_batches", "eval_batches", "num_eval_batches",
            "data_variance"]

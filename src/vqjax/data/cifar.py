@@ -47,8 +47,9 @@ def _read_pickle(path: str) -> dict:
   try:
     with open(path, "rb") as f:
       content = pickle.load(f, encoding="bytes")
-  except (pickle.UnpicklingError, EOFError, OSError, ValueError,
-          AttributeError, ImportError, IndexError, TypeError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    # Corrupt bytes make the unpickler raise almost anything (UnpicklingError,
+    # EOFError, OverflowError, MemoryError, KeyError, UnicodeDecodeError, ...).
     raise DataError(f"{path}: not a readable CIFAR-10 python pickle ({e}); "
                     "delete it and re-download it.") from e
   if not isinstance(content, dict):

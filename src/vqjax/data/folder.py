@@ -32,6 +32,23 @@ def _list_images(folder: str) -> list[str]:
   return sorted(paths)
 
 
+def first_image_size(folder: str) -> tuple[int, int] | None:
+  """(H, W) of the first image (in sorted order) under `folder`, read from
+  its header; None if there is none or it cannot be read."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for f in sorted(files):
+      if f.lower().endswith(_IMAGE_EXTENSIONS):
+        try:
+          with Image.open(os.path.join(root, f)) as image:
+            w, h = image.size
+          return h, w
+        except Exception:  # pylint: disable=broad-except
+          return None  # loading the folder reports it, with its name
+  return None
+
+
 def _folder_split_files(root: str, split: str) -> tuple[bool, list[str], list[str]]:
   """Returns (has split subfolders, this split's image paths, all image paths).
 
