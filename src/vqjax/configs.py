@@ -108,7 +108,8 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"    # float32 | bfloat16 activations; params, quantizer in float32
 
   config.quantizer = ml_collections.ConfigDict()
-  config.quantizer.num_codes = 512  # K
+  config.quantizer.kind = "vq"      # vq | fsq | lfq (docs/quantizers.md)
+  config.quantizer.num_codes = 512  # K (lfq: 2^d; fsq: prod(levels) instead)
   config.quantizer.code_dim = 64    # D
   config.quantizer.beta = 0.25      # commitment cost
   config.quantizer.use_ema = True
@@ -117,6 +118,16 @@ def vqvae_defaults() -> ml_collections.ConfigDict:
   config.quantizer.dead_code_threshold = 1.0  # EMA uses per step; 0 = no restarts
   config.quantizer.kmeans_init = False
   config.quantizer.kmeans_iters = 10
+  config.quantizer.gradient = "straight_through"  # straight_through | rotation (trick)
+  config.quantizer.cosine = False   # l2-normalised codes and inputs (ViT-VQGAN)
+  config.quantizer.lookup_dim = 0   # > 0: look codes up in a projection to this dim
+  config.quantizer.depth = 1        # residual VQ: codes per position (1 = plain)
+  config.quantizer.shared_codebook = False  # residual VQ: one codebook for all depths
+  config.quantizer.dropout = 0.0    # residual VQ: P(a train step uses 1..depth depths)
+  config.quantizer.groups = 1       # grouped VQ: G codebooks for G slices of D
+  config.quantizer.levels = (8, 5, 5, 5)  # fsq: levels per channel, K = prod; CLI '(8,6,5)'
+  config.quantizer.entropy_weight = 0.1   # lfq: weight of the entropy penalty
+  config.quantizer.entropy_temperature = 0.01  # lfq: of its soft assignments
 
   config.train = train_group(batch_size=128, learning_rate=3e-4)
 

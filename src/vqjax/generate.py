@@ -1,7 +1,7 @@
 """Pictures from a trained prior: the modes of `sample.py`.
 
 Each mode returns uint8 images `[N, H, W, C]` plus the raw samples it drew
-(codes `[N, h, w, 1]` for a code prior, pixels for a pixel prior).
+(codes `[N, h, w, C_codes]` for a code prior, pixels for a pixel prior).
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
 
 
 def random_codes(prior: TrainedPrior, key: jax.Array, num: int):
-  """Uniformly random codes (on every level of a VQ-VAE-2), decoded: what
-  the VQ-VAE makes without a prior. Returns (images, codes: `[N, h, w]` for
-  one level, `{level: [N, h, w, 1]}` for two)."""
+  """Uniformly random codes (every channel, on every level of a VQ-VAE-2),
+  decoded: what the VQ-VAE makes without a prior. Returns (images, codes:
+  `[N, h, w, C_codes]` for one level, `{level: [N, h, w, C_codes]}` for
+  two)."""
   vqvae = prior.vqvae
   keys = jax.random.split(key, len(vqvae.levels))
+  channels = (vqvae.code_channels,)
   codes = {level: np.asarray(jax.random.randint(
-      k, (num,) + vqvae.code_shapes[level] + (1,), 0, vqvae.num_codes),
+      k, (num,) + vqvae.code_shapes[level] + channels, 0, vqvae.num_codes),
                              np.int32)
            for k, level in zip(keys, vqvae.levels)}
   pictures = np.asarray(vqvae.decode_levels(codes))
@@ -61,22 +63,42 @@ def nearest_neighbours(codebook: np.ndarray, num_neighbours: int) -> np.ndarray:
   return np.argsort(distances, axis=1)[:, :num_neighbours].astype(np.int32)
 
 
+# The neighbour table is [K, K]: above this many codes per channel,
+# `codes_near_test` is skipped.
+MAX_NEIGHBOUR_CODES = 8192
+
+
 def codes_near_test(prior: TrainedPrior, test_images: np.ndarray,
                     key: jax.Array, fraction: float = 0.25,
                     num_neighbours: int = 4):
-  """Test images' codes with `fraction` of positions moved to one of their
-  `num_neighbours` nearest codebook neighbours (in embedding space), decoded.
+  """Test images' codes with `fraction` of them moved to one of their
+  `num_neighbours` nearest neighbours, decoded.
+
+  Neighbours are taken in each code channel's lookup space
+  (`TrainedStage1.code_tables`): the codebook (on the sphere for a cosine
+  codebook; per residual depth or group, each code channel moving
+  independently), FSQ's grid (the adjacent grid points) or LFQ's sign
+  vectors (codes one bit away).
 
   Returns (`[3N, H, W, C]` images: test images, their reconstructions, the
-  perturbed decodings; `[N, h, w, 1]` perturbed codes).
+  perturbed decodings; `[N, h, w, C_codes]` perturbed codes).
+
+  Raises:
+    ValueError: for more than `MAX_NEIGHBOUR_CODES` codes per channel.
   """
   vqvae = prior.vqvae
+  if vqvae.num_codes > MAX_NEIGHBOUR_CODES:
+    raise ValueError(f"codes near test codes needs a [K, K] neighbour table; "
+                     f"K={vqvae.num_codes} > {MAX_NEIGHBOUR_CODES}.")
   codes = np.asarray(vqvae.encode(test_images))
-  neighbours = nearest_neighbours(vqvae.codebook(), num_neighbours)
+  neighbours = np.stack([nearest_neighbours(table, num_neighbours)
+                         for table in vqvae.code_tables()])  # [C, K, n]
   k_move, k_pick = jax.random.split(key)
   move = np.asarray(jax.random.bernoulli(k_move, fraction, codes.shape))
   pick = np.asarray(jax.random.randint(k_pick, codes.shape, 0, num_neighbours))
-  moved = np.where(move, neighbours[codes, pick], codes).astype(np.int32)
+  channel = np.broadcast_to(np.arange(codes.shape[-1]), codes.shape)
+  moved = np.where(move, neighbours[channel, codes, pick],
+                   codes).astype(np.int32)
   pictures = np.concatenate([test_images, np.asarray(vqvae.decode(codes)),
                              np.asarray(vqvae.decode(moved))])
   return pictures, moved
@@ -86,7 +108,8 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
               temperature: float = 1.0, seed: int = 0, method: str = "cached",
               near_fraction: float = 0.25) -> list[str]:
   """Writes every mode that applies to `prior` as `<mode>_step<S>.png` and
-  `.npy` (S: the prior's checkpoint step)."""
+  `.npy` (S: the prior's checkpoint step). Codes near test codes are left
+  out for more than `MAX_NEIGHBOUR_CODES` codes per channel."""
   test = None
   if prior.vqvae is not None:  # Fail before sampling.
     source = data.load(prior.config.data, "test")
@@ -111,6 +134,8 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
                                           temperature, method), per_class)
   if prior.vqvae is not None:
     save("random_codes", *random_codes(prior, keys[2], num))
+  if prior.vqvae is not None and \
+      prior.vqvae.num_codes <= MAX_NEIGHBOUR_CODES:
     pictures, moved = codes_near_test(prior, test, keys[3], near_fraction)
     np.save(stem("codes_near_test") + ".npy", moved)
     grids = [images.make_grid(p, cols) for p in np.split(pictures, 3)]
@@ -160,8 +185,8 @@ def top_prior_for(prior: TrainedPrior, top_workdir: str | None,
 def sample_bottom(bottom: TrainedPrior, key: jax.Array, top_codes: np.ndarray,
                   temperature: float = 1.0, method: str = "cached"
                   ) -> np.ndarray:
-  """Bottom codes `[N, h_b, w_b, 1]` drawn given top codes
-  `[N, h_t, w_t, 1]`."""
+  """Bottom codes `[N, h_b, w_b, C_codes]` drawn given top codes
+  `[N, h_t, w_t, C_codes]`."""
   samples = sampling.sample(
       bottom.model, bottom.variables, key,
       (len(top_codes),) + bottom.sample_shape, temperature,
@@ -175,8 +200,8 @@ def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
   """Multi-stage generation: top codes from the top prior, bottom codes from
   the bottom prior given them, both decoded by the VQ-VAE-2.
 
-  Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t, 1],
-  "bottom": [N, h_b, w_b, 1]}`).
+  Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t, C_codes],
+  "bottom": [N, h_b, w_b, C_codes]}`).
   """
   k_top, k_bottom = jax.random.split(key)
   top_codes = np.asarray(sampling.sample(
@@ -195,7 +220,8 @@ def same_top_new_bottom(bottom: TrainedPrior, test_images: np.ndarray,
 
   Returns (uint8 `[(2 + per_image) * N, H, W, C]`: the test images, their
   reconstructions, then `per_image` rows of decodings with the same top codes
-  and new bottom codes; the new bottom codes `[per_image, N, h_b, w_b, 1]`).
+  and new bottom codes; the new bottom codes `[per_image, N, h_b, w_b,
+  C_codes]`).
   """
   vqvae = bottom.vqvae
   codes = vqvae.encode_levels(test_images)

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vqjax import checkpoint
+from vqjax import checkpoint, configs
 from vqjax.models import build
 from vqjax.models.autoencoder import Autoencoder
 from vqjax.models.code_prior import CodePrior
@@ -69,7 +69,8 @@ def run_kind(workdir: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class TrainedStage1:
   """A restored stage-1 run (VQ-VAE, VQ-VAE-2, AE or VAE), ready to encode
-  and decode on one device. Code grids are `[B, h, w, 1]` int32 per level.
+  and decode on one device. Code grids are `[B, h, w, C]` int32 per level,
+  C = `code_channels` codes of `num_codes` values each per position.
   """
   workdir: str
   step: int
@@ -101,8 +102,15 @@ class TrainedStage1:
 
   @property
   def num_codes(self) -> int:
-    """K, the codebook size (of each level)."""
-    return self.config.quantizer.num_codes
+    """K, the values each code channel takes (of each level): the codebook
+    size, prod(levels) for FSQ, 2^d for LFQ; 0 for an AE or VAE."""
+    return self.model.codebook_size if self.levels else 0
+
+  @property
+  def code_channels(self) -> int:
+    """C, the code channels per position: the residual depth or the number
+    of groups of a VQ, else 1; 0 for an AE or VAE."""
+    return self.model.code_channels if self.levels else 0
 
   def _single_level(self) -> str:
     if self.levels != (LEVEL,):
@@ -120,8 +128,8 @@ class TrainedStage1:
 
   @functools.cached_property
   def encode_levels(self):
-    """uint8 images `[B, H, W, C]` -> `{level: codes [B, h, w, 1] int32}`
-    (jitted)."""
+    """uint8 images `[B, H, W, C]` -> `{level: codes [B, h, w, C_codes]
+    int32}` (jitted)."""
     single = self.levels == (LEVEL,)
     return self._jit(
         type(self.model).encode_to_indices, lambda x: (to_float(x),),
@@ -129,19 +137,20 @@ class TrainedStage1:
 
   @functools.cached_property
   def decode_levels(self):
-    """`{level: codes [B, h, w, 1]}` -> uint8 images `[B, H, W, C]`
+    """`{level: codes [B, h, w, C_codes]}` -> uint8 images `[B, H, W, C]`
     (jitted)."""
     levels = self.levels
     decode = self._jit(type(self.model).decode_indices, lambda *c: c, to_uint8)
     return lambda codes: decode(*(codes[level] for level in levels))
 
   def encode(self, images: np.ndarray) -> jax.Array:
-    """uint8 images `[B, H, W, C]` -> codes `[B, h, w, 1]` int32 (one
+    """uint8 images `[B, H, W, C]` -> codes `[B, h, w, C_codes]` int32 (one
     level)."""
     return self.encode_levels(images)[self._single_level()]
 
   def decode(self, codes: np.ndarray) -> jax.Array:
-    """Codes `[B, h, w, 1]` -> uint8 images `[B, H, W, C]` (one level)."""
+    """Codes `[B, h, w, C_codes]` -> uint8 images `[B, H, W, C]` (one
+    level)."""
     return self.decode_levels({self._single_level(): codes})
 
   @functools.cached_property
@@ -167,8 +176,15 @@ class TrainedStage1:
     return self._jit(Autoencoder.decode, lambda z: (z,), to_uint8)
 
   def codebook(self, level: str = LEVEL) -> np.ndarray:
-    """`[K, D]` of `level`."""
+    """The stored codebook of `level` (`[K, D]` for the default quantizer)."""
     method = type(self.model).codebook
+    args = () if level == LEVEL else (level,)
+    return np.asarray(self.model.apply(self.variables, *args, method=method))
+
+  def code_tables(self, level: str = LEVEL) -> np.ndarray:
+    """`[C, K, d]`: what each code channel of `level` looks up, in the
+    quantizer's lookup space (FSQ's and LFQ's implicit codebooks too)."""
+    method = type(self.model).code_tables
     args = () if level == LEVEL else (level,)
     return np.asarray(self.model.apply(self.variables, *args, method=method))
 
@@ -185,11 +201,23 @@ def restore_stage1(workdir: str, step: int | None = None,
         "workdir.")
   image_shape = tuple(meta["image_shape"])
   config.model.kernels = kernels
+  _with_quantizer_defaults(config)
   variables.pop(_OLD_LIKELIHOOD_KEY, None)
   model = build.stage1(config, image_shape[-1], inference=True)
   return TrainedStage1(workdir=os.path.abspath(workdir), step=int(step),
                        config=config, model=model, variables=variables,
                        image_shape=image_shape)
+
+
+def _with_quantizer_defaults(config: ml_collections.ConfigDict) -> None:
+  """A stage-1 run's saved config with the `quantizer.*` keys added since it
+  was written set to their defaults, which is what that run computed."""
+  if "quantizer" not in config:
+    return
+  with config.unlocked():
+    for key, value in configs.vqvae_defaults().quantizer.items():
+      if key not in config.quantizer:
+        config.quantizer[key] = value
 
 
 def link_of(vqvae: TrainedStage1) -> dict:
@@ -208,15 +236,18 @@ def prior_level(meta: dict) -> str | None:
 def check_link(meta: dict, vqvae: TrainedStage1, prior_workdir: str) -> None:
   """Raises unless `vqvae` produces the codes the prior was trained on."""
   level = prior_level(meta)
-  expected = (meta["num_values"], tuple(meta["grid_shape"][:2]))
-  found = (vqvae.num_codes, tuple(vqvae.code_shapes.get(level, (0, 0))))
+  grid = meta["grid_shape"]
+  expected = (meta["num_values"], tuple(grid[:2]), grid[-1])
+  found = (vqvae.num_codes, tuple(vqvae.code_shapes.get(level, (0, 0))),
+           vqvae.code_channels)
   if expected != found:
+    describe = lambda k, hw, c: (  # noqa: E731
+        f"K={k} on a {hw[0]}x{hw[1]}" + (f"x{c}" if c != 1 else "") + " grid")
     raise checkpoint.CheckpointError(
-        f"The prior in {prior_workdir!r} was trained on codes with K="
-        f"{expected[0]} on a {expected[1][0]}x{expected[1][1]} grid, but the "
-        f"VQ-VAE in {vqvae.workdir!r} has K={found[0]} on a "
-        f"{found[1][0]}x{found[1][1]} grid; point it at the stage-1 run it "
-        f"was trained on ({meta['vqvae']['workdir']!r}).")
+        f"The prior in {prior_workdir!r} was trained on codes with "
+        f"{describe(*expected)}, but the VQ-VAE in {vqvae.workdir!r} has "
+        f"{describe(*found)}; point it at the stage-1 run it was trained on "
+        f"({meta['vqvae']['workdir']!r}).")
 
 
 def samples_to_images(samples: np.ndarray,
@@ -247,7 +278,8 @@ class TrainedPrior:
 
   @property
   def sample_shape(self) -> tuple[int, int, int]:
-    """`(h, w, C)` of one sample: a code grid (C = 1) or an image."""
+    """`(h, w, C)` of one sample: a code grid (C code channels) or an
+    image."""
     return tuple(self.meta["grid_shape"])
 
   @property

@@ -30,7 +30,9 @@ import ml_collections
 from vqjax import xla_cpu
 from vqjax.configs import ConfigError
 from vqjax.models.autoencoder import Autoencoder
+from vqjax.models import quantizers
 from vqjax.models.code_prior import CodePrior
+from vqjax.models.vector_quantizer import VectorQuantizer
 from vqjax.models.vqvae import VQVAE
 from vqjax.models.vqvae2 import VQVAE2
 
@@ -39,7 +41,8 @@ DTYPES = ("float32", "bfloat16")
 BOTTLENECKS = ("vq", "ae", "vae")
 # Keys of `config.model` / `config.quantizer` that are not module fields.
 _NOT_STAGE1_FIELDS = frozenset({"kernels", "kmeans_init", "kmeans_iters",
-                                "dtype", "bottleneck", "top_downsamples"})
+                                "dtype", "bottleneck", "top_downsamples",
+                                "levels"})
 
 
 def resolve_kernels(name: str) -> str:
@@ -112,13 +115,36 @@ def stage1(config: ml_collections.ConfigDict, out_channels: int,
         num_downsamples=m.num_downsamples, code_dim=config.quantizer.code_dim,
         variational=m.bottleneck == "vae", out_channels=out_channels,
         dtype=dtype, **_only(kernels, "conv", "conv_transpose"))
-  fields = {k: v for group in (m, config.quantizer)
+  q = config.quantizer
+  fields = {k: v for group in (m, q)
             for k, v in group.items() if k not in _NOT_STAGE1_FIELDS}
+  check_quantizer(config)
+  # A model's `levels` are its code grids; FSQ's levels are `fsq_levels`.
+  fields["fsq_levels"] = tuple(int(l) for l in q.levels)
   fields.update(out_channels=out_channels, dtype=dtype, axis_name=axis_name,
                 **_only(kernels, "conv", "conv_transpose", "nearest_code"))
   if m.top_downsamples:
     return VQVAE2(**fields, top_downsamples=m.top_downsamples)
   return VQVAE(**fields)
+
+
+def check_quantizer(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError for `config.quantizer` settings that cannot work
+  together, or that do not apply to its `kind` (and would be ignored)."""
+  q = config.quantizer
+  fields = dict(gradient=q.gradient, cosine=q.cosine, lookup_dim=q.lookup_dim,
+                depth=q.depth, groups=q.groups, dropout=q.dropout,
+                shared_codebook=q.shared_codebook)
+  try:
+    quantizers.check_fields(q.kind, fsq_levels=tuple(q.levels),
+                            num_codes=q.num_codes, **fields)
+    if q.kind == "vq":
+      VectorQuantizer(q.num_codes, q.code_dim, use_ema=q.use_ema,
+                      dead_code_threshold=q.dead_code_threshold,
+                      **fields)._check()
+  except ValueError as e:
+    raise ConfigError(f"{e} Set the --config.quantizer.* keys accordingly "
+                      "(docs/quantizers.md).") from e
 
 
 def code_prior(config: ml_collections.ConfigDict, num_values: int,
@@ -138,6 +164,10 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
     inference: built for evaluation and sampling (see the module doc).
   """
   m = config.model
+  if m.attention_every and num_channels != 1:
+    raise ConfigError(f"model.attention_every={m.attention_every} works for "
+                      f"priors over codes (1 channel), not over {num_channels}"
+                      "-channel pixels; set --config.model.attention_every=0.")
   if top_num_codes and m.cond_features <= 0:
     raise ConfigError("A bottom-level prior is conditioned on the top codes; "
                       "set --config.model.cond_features to a positive width.")
@@ -146,6 +176,8 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
       num_layers=m.num_layers, kernel_size=m.kernel_size,
       head_features=m.head_features,
       num_classes=num_classes if m.conditional else 0,
+      attention_every=m.attention_every, attention_heads=m.attention_heads,
+      dropout=m.dropout,
       top_num_codes=top_num_codes, top_upsamples=top_upsamples,
       cond_features=m.cond_features if top_num_codes else 0,
       dtype=compute_dtype(m.dtype),

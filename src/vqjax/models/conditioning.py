@@ -19,10 +19,13 @@ ModuleDef = Any
 
 
 class TopCodeConditioner(nn.Module):
-  """Top codes `[B, h, w, 1]` int -> a map `[B, h 2^m, w 2^m, features]`.
+  """Top codes `[B, h, w, C]` int -> a map `[B, h 2^m, w 2^m, features]`.
+
+  Each of the C code channels (residual depths or groups; usually 1) has its
+  own embedding rows; a position's embedding is their sum.
 
   Attributes:
-    num_codes: K of the top codebook.
+    num_codes: K of the top codebook (values per code channel).
     features: F_c, the conditioning map's width (the PixelCNN's
       `cond_features`).
     upsamples: m, the top grid's downsampling relative to the bottom grid.
@@ -36,10 +39,12 @@ class TopCodeConditioner(nn.Module):
 
   @nn.compact
   def __call__(self, top_codes: jax.Array) -> jax.Array:
-    """`top_codes: [B, h, w, 1]` int -> `[B, h 2^m, w 2^m, features]`
+    """`top_codes: [B, h, w, C]` int -> `[B, h 2^m, w 2^m, features]`
     float32."""
-    x = nn.Embed(self.num_codes, self.features,
-                 dtype=self.dtype)(top_codes[..., 0])
+    channels = top_codes.shape[-1]
+    rows = top_codes + self.num_codes * jnp.arange(channels)
+    x = jnp.sum(nn.Embed(self.num_codes * channels, self.features,
+                         dtype=self.dtype)(rows), axis=-2)
     x = nn.relu(self.conv(self.features, (3, 3), dtype=self.dtype)(x))
     for i in range(self.upsamples):
       x = self.conv_transpose(self.features, (4, 4), strides=(2, 2),

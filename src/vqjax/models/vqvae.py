@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from vqjax import quantizer as vq
-from vqjax.models.vector_quantizer import VectorQuantizer
+from vqjax.models.quantizers import (code_channels, codebook_size,
+                                     quantizer_for)
 
 ModuleDef = Any
 LEVEL = "codes"  # The one code grid of a VQ-VAE (a VQ-VAE-2 has two).
@@ -99,8 +100,15 @@ class VQVAE(nn.Module):
   computation dtype (e.g. bfloat16); parameters, the quantizer (distances,
   losses, EMA statistics), `z_e` and the reconstruction are float32.
 
-  Code grids are `[B, h, w, 1]` int32: one code channel per position, the
-  layout the PixelCNN prior and the sampler use too.
+  Code grids are `[B, h, w, C]` int32, the layout the PixelCNN prior and
+  the sampler use too: C = 1 code of K = `codebook_size` values per position,
+  or C = `depth` residual / `groups` grouped codes, in order.
+
+  The quantizer (`vqjax.models.quantizers.quantizer_for`): `kind` 'vq' is a
+  `VectorQuantizer` (fields `num_codes` ... `dead_code_threshold`,
+  `gradient`, `cosine`, `lookup_dim`, `depth`, `groups`, `shared_codebook`,
+  `dropout`), 'fsq' an `FSQuantizer` (`fsq_levels`), 'lfq' an `LFQuantizer`
+  (`num_codes` = 2^d, `beta`, `entropy_weight`, `entropy_temperature`).
 
   `conv`, `conv_transpose` and `nearest_code` are what it computes with:
   Flax's layers and `vqjax.quantizer.nearest_code` unless a builder injects
@@ -123,6 +131,17 @@ class VQVAE(nn.Module):
   conv: ModuleDef = nn.Conv
   conv_transpose: ModuleDef = nn.ConvTranspose
   nearest_code: Callable[[jax.Array, jax.Array], jax.Array] = vq.nearest_code
+  kind: str = "vq"
+  gradient: str = "straight_through"
+  cosine: bool = False
+  lookup_dim: int = 0
+  fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+  depth: int = 1
+  groups: int = 1
+  shared_codebook: bool = False
+  dropout: float = 0.0
+  entropy_weight: float = 0.1
+  entropy_temperature: float = 0.01
 
   levels = (LEVEL,)
 
@@ -131,10 +150,7 @@ class VQVAE(nn.Module):
                            self.num_residual_layers, self.num_downsamples,
                            self.dtype, self.conv)
     self.pre_quantization = self.conv(self.code_dim, (1, 1), dtype=self.dtype)
-    self.quantizer = VectorQuantizer(
-        self.num_codes, self.code_dim, self.beta, self.use_ema, self.decay,
-        self.epsilon, self.dead_code_threshold, self.axis_name,
-        self.nearest_code)
+    self.quantizer = quantizer_for(self)
     self.decoder = Decoder(self.num_hiddens, self.num_residual_hiddens,
                            self.num_residual_layers, self.out_channels,
                            self.num_downsamples, self.dtype, self.conv,
@@ -148,18 +164,35 @@ class VQVAE(nn.Module):
     """`[B, h, w, D]` -> reconstruction `[B, H, W, C]` float32."""
     return self.decoder(z_q).astype(jnp.float32)
 
+  @property
+  def codebook_size(self) -> int:
+    """K, the values of each code channel."""
+    return codebook_size(self.kind, self.num_codes, self.fsq_levels)
+
+  @property
+  def code_channels(self) -> int:
+    """C, the code channels per position."""
+    return code_channels(self.kind, self.depth, self.groups)
+
   def codebook(self) -> jax.Array:
-    """`[K, D]`."""
+    """The stored codebook (`[K, D]` for the default quantizer; see
+    `VectorQuantizer.codebook`); FSQ and LFQ have none (`code_tables`)."""
     return self.quantizer.codebook()
 
+  def code_tables(self) -> jax.Array:
+    """`[C, K, d]`: the codes of each channel in the quantizer's lookup
+    space (FSQ's and LFQ's implicit codebooks)."""
+    return self.quantizer.code_tables()
+
   def encode_to_indices(self, x: jax.Array) -> jax.Array:
-    """`[B, H, W, C]` float -> codes `[B, h, w, 1]` int32."""
-    return self.quantizer(self.encode(x))["indices"][..., None]
+    """`[B, H, W, C]` float -> codes `[B, h, w, C_codes]` int32."""
+    z_e = self.encode(x)
+    return self.quantizer(z_e)["indices"].reshape(z_e.shape[:-1] + (-1,))
 
   def decode_indices(self, codes: jax.Array) -> jax.Array:
-    """Codes `[B, h, w, 1]` int -> images `[B, H, W, C]` float32."""
-    check_code_grid(codes, "codes")
-    return self.decode(jnp.take(self.codebook(), codes[..., 0], axis=0))
+    """Codes `[B, h, w, C_codes]` int -> images `[B, H, W, C]` float32."""
+    check_code_grid(codes, "codes", self.code_channels)
+    return self.decode(self.quantizer.lookup_codes(codes))
 
   def set_codebook(self, codebook: jax.Array) -> None:
     self.quantizer.set_codebook(codebook)
@@ -174,15 +207,17 @@ class VQVAE(nn.Module):
                 levels={LEVEL: level})
 
 
-def check_code_grid(codes: jax.Array, name: str) -> None:
-  """Raises unless `codes` is an integer code grid `[B, h, w, 1]`."""
+def check_code_grid(codes: jax.Array, name: str, channels: int = 1) -> None:
+  """Raises unless `codes` is an integer code grid `[B, h, w, channels]`."""
   shape = jnp.shape(codes)
-  if len(shape) != 4 or shape[-1] != 1 or not jnp.issubdtype(
+  if len(shape) != 4 or shape[-1] != channels or not jnp.issubdtype(
       jnp.result_type(codes), jnp.integer):
+    hint = ("; add the channel axis with codes[..., None]" if channels == 1
+            else "")
     raise ValueError(
-        f"{name} must be an integer code grid [B, h, w, 1] (one code channel "
-        f"per position), got {jnp.result_type(codes)} of shape {shape}; add "
-        "the channel axis with codes[..., None].")
+        f"{name} must be an integer code grid [B, h, w, {channels}] "
+        f"({channels} code channel{'s' if channels > 1 else ''} per "
+        f"position), got {jnp.result_type(codes)} of shape {shape}{hint}.")
 
 
 def to_float(images: jax.Array) -> jax.Array:

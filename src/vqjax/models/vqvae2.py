@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from vqjax import quantizer as vq
-from vqjax.models.vector_quantizer import VectorQuantizer
+from vqjax.models.quantizers import (code_channels, codebook_size,
+                                     quantizer_for)
 from vqjax.models.vqvae import Decoder, Encoder, ModuleDef, check_code_grid
 
 LEVELS = ("top", "bottom")
@@ -31,8 +32,10 @@ class VQVAE2(nn.Module):
   """Two-level VQ-VAE. Fields as `VQVAE`'s, plus `top_downsamples` (m >= 1).
 
   Images enter as floats in [-0.5, 0.5]; the quantizers, `z_e` of each level
-  and the reconstruction are float32. Code grids are `[B, h, w, 1]` int32 per
-  level. `conv`, `conv_transpose` and `nearest_code` as `VQVAE`'s.
+  and the reconstruction are float32. Code grids are `[B, h, w, C]` int32 per
+  level (C = `code_channels`). Both levels' quantizers are made from the same
+  quantizer fields (`kind`, ..., as `VQVAE`'s), each with its own codebook.
+  `conv`, `conv_transpose` and `nearest_code` as `VQVAE`'s.
   """
   num_hiddens: int = 128
   num_residual_hiddens: int = 32
@@ -52,26 +55,34 @@ class VQVAE2(nn.Module):
   conv: ModuleDef = nn.Conv
   conv_transpose: ModuleDef = nn.ConvTranspose
   nearest_code: Callable[[jax.Array, jax.Array], jax.Array] = vq.nearest_code
+  kind: str = "vq"
+  gradient: str = "straight_through"
+  cosine: bool = False
+  lookup_dim: int = 0
+  fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+  depth: int = 1
+  groups: int = 1
+  shared_codebook: bool = False
+  dropout: float = 0.0
+  entropy_weight: float = 0.1
+  entropy_temperature: float = 0.01
 
   levels = LEVELS
 
   def setup(self):
     blocks = (self.num_hiddens, self.num_residual_hiddens,
               self.num_residual_layers)
-    quantizer = (self.num_codes, self.code_dim, self.beta, self.use_ema,
-                 self.decay, self.epsilon, self.dead_code_threshold,
-                 self.axis_name, self.nearest_code)
     layers = {"conv": self.conv, "dtype": self.dtype}
     self.bottom_encoder = Encoder(*blocks, self.num_downsamples, **layers)
     self.top_encoder = Encoder(*blocks, self.top_downsamples, **layers)
     self.top_pre_quantization = self.conv(self.code_dim, (1, 1),
                                           dtype=self.dtype)
-    self.top_quantizer = VectorQuantizer(*quantizer)
+    self.top_quantizer = quantizer_for(self)
     self.top_decoder = Decoder(*blocks, self.code_dim, self.top_downsamples,
                                conv_transpose=self.conv_transpose, **layers)
     self.bottom_pre_quantization = self.conv(self.code_dim, (1, 1),
                                              dtype=self.dtype)
-    self.bottom_quantizer = VectorQuantizer(*quantizer)
+    self.bottom_quantizer = quantizer_for(self)
     self.upsample_top = [
         self.conv_transpose(self.code_dim, (4, 4), strides=(2, 2),
                             dtype=self.dtype)
@@ -79,11 +90,26 @@ class VQVAE2(nn.Module):
     self.decoder = Decoder(*blocks, self.out_channels, self.num_downsamples,
                            conv_transpose=self.conv_transpose, **layers)
 
+  @property
+  def codebook_size(self) -> int:
+    """K, the values of each code channel (both levels)."""
+    return codebook_size(self.kind, self.num_codes, self.fsq_levels)
+
+  @property
+  def code_channels(self) -> int:
+    """C, the code channels per position (both levels)."""
+    return code_channels(self.kind, self.depth, self.groups)
+
   def codebook(self, level: str) -> jax.Array:
-    """`[K, D]` of `level` ('top' or 'bottom')."""
+    """The stored codebook of `level` ('top' or 'bottom'): `[K, D]` for the
+    default quantizer."""
     return self._quantizer(level).codebook()
 
-  def _quantizer(self, level: str) -> VectorQuantizer:
+  def code_tables(self, level: str) -> jax.Array:
+    """`[C, K, d]` of `level` (see `VQVAE.code_tables`)."""
+    return self._quantizer(level).code_tables()
+
+  def _quantizer(self, level: str) -> nn.Module:
     return {"top": self.top_quantizer, "bottom": self.bottom_quantizer}[level]
 
   def _bottom_z_e(self, features: jax.Array, top_q: jax.Array) -> jax.Array:
@@ -113,19 +139,18 @@ class VQVAE2(nn.Module):
     return {"top": top, "bottom": bottom}
 
   def encode_to_indices(self, x: jax.Array) -> dict[str, jax.Array]:
-    """`[B, H, W, C]` -> `{"top": [B, h_t, w_t, 1], "bottom": [B, h_b, w_b,
-    1]}` int32."""
-    return {name: level["indices"][..., None]
+    """`[B, H, W, C]` -> `{"top": [B, h_t, w_t, C_codes], "bottom": [B, h_b,
+    w_b, C_codes]}` int32."""
+    return {name: level["indices"].reshape(level["z_e"].shape[:-1] + (-1,))
             for name, level in self.encode(x).items()}
 
   def decode_indices(self, top: jax.Array, bottom: jax.Array) -> jax.Array:
-    """Code grids of both levels, `[B, h, w, 1]` each -> images
+    """Code grids of both levels, `[B, h, w, C_codes]` each -> images
     `[B, H, W, C]` float32."""
-    check_code_grid(top, "top")
-    check_code_grid(bottom, "bottom")
-    return self.decode(jnp.take(self.codebook("top"), top[..., 0], axis=0),
-                       jnp.take(self.codebook("bottom"), bottom[..., 0],
-                                axis=0))
+    check_code_grid(top, "top", self.code_channels)
+    check_code_grid(bottom, "bottom", self.code_channels)
+    return self.decode(self.top_quantizer.lookup_codes(top),
+                       self.bottom_quantizer.lookup_codes(bottom))
 
   def set_codebook(self, codebooks: dict[str, jax.Array]) -> None:
     for name, codebook in codebooks.items():

@@ -42,14 +42,14 @@ def check_image_shape(vqvae: TrainedStage1, dataset: data.Dataset) -> None:
 
 def encode_split(vqvae: TrainedStage1, dataset: data.Dataset, level: str,
                  batch_size: int = 1000) -> data.Dataset:
-  """Images `[N, H, W, C]` -> a Dataset of `level`'s codes `[N, h, w, 1]`
-  (int16/32); for a VQ-VAE-2's bottom level its `conditions` are the top
-  codes `[N, h_t, w_t, 1]`."""
+  """Images `[N, H, W, C]` -> a Dataset of `level`'s codes `[N, h, w, C_codes]`
+  (int16/32; C_codes residual depths or groups, else 1); for a VQ-VAE-2's
+  bottom level its `conditions` are the top codes `[N, h_t, w_t, C_codes]`."""
   check_image_shape(vqvae, dataset)
   dtype = np.int16 if vqvae.num_codes <= np.iinfo(np.int16).max else np.int32
-  shapes = vqvae.code_shapes
-  codes = np.empty((len(dataset),) + shapes[level] + (1,), dtype)
-  top = (np.empty((len(dataset),) + shapes["top"] + (1,), dtype)
+  shapes, channels = vqvae.code_shapes, (vqvae.code_channels,)
+  codes = np.empty((len(dataset),) + shapes[level] + channels, dtype)
+  top = (np.empty((len(dataset),) + shapes["top"] + channels, dtype)
          if level == "bottom" else None)
   labels = np.empty((len(dataset),), np.int32)
   for start in range(0, len(codes), batch_size):
@@ -74,6 +74,7 @@ def cached_codes(vqvae: TrainedStage1, dataset: data.Dataset, split: str,
     with np.load(path) as cached:
       if (str(cached["vqvae"]) == key and "labels" in cached and
           len(cached["codes"]) == len(dataset) and
+          cached["codes"].shape[-1] == vqvae.code_channels and
           ("top" not in cached or cached["top"].ndim == 4)):
         return data.Dataset(name=f"{dataset.name}:codes", images=cached["codes"],
                             labels=cached["labels"],
@@ -130,7 +131,8 @@ class PriorTask:
         self.vqvae = runs.restore_stage1(config.vqvae_workdir)
         check_image_shape(self.vqvae, self._images["train"])
         self.level = resolve_level(config.level, self.vqvae)
-        self.sample_shape = self.vqvae.code_shapes[self.level] + (1,)
+        self.sample_shape = (self.vqvae.code_shapes[self.level]
+                             + (self.vqvae.code_channels,))
         self.num_values = self.vqvae.num_codes
         if self.level == "bottom":
           top_num_codes = self.vqvae.num_codes

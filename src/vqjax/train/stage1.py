@@ -13,11 +13,12 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from vqjax import data, images, likelihood, quantizer
+from vqjax import configs, data, images, likelihood, quantizer
 from vqjax.configs import ConfigError
 from vqjax.models import build
 from vqjax.models.autoencoder import SAMPLE_RNG, Autoencoder
-from vqjax.models.vector_quantizer import EMA_COLLECTION, RESTART_RNG
+from vqjax.models.vector_quantizer import (DROPOUT_RNG, EMA_COLLECTION,
+                                           RESTART_RNG)
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
 from vqjax.train import loop
@@ -38,6 +39,15 @@ def clip_to_pixels(images: jax.Array) -> jax.Array:
 VARIANCE_DECAY = 0.99
 
 
+def channel_counts(codes: jax.Array, num_codes: int,
+                   weights: jax.Array) -> jax.Array:
+  """Uses of each code per code channel: `codes [B, h, w, C]` int,
+  `weights [B, h, w]` -> `[C, K]` float32."""
+  return jax.vmap(lambda c: quantizer.code_counts(c, num_codes,
+                                                  weights=weights),
+                  in_axes=-1)(codes)
+
+
 def level_key(name: str, level: str, levels: tuple[str, ...]) -> str:
   """Metric name of one of `levels`: 'perplexity' for a one-level model,
   'perplexity_top' for a VQ-VAE-2's top level."""
@@ -54,6 +64,10 @@ class Stage1Task:
   the reconstruction, whose per-channel variance is an exponential moving
   average of the training batches' squared errors (`decoder_variance`).
   The VAE's training loss uses that likelihood with the batch's own variance.
+
+  Code usage (`perplexity`, `codes_used`) is per codebook: with C > 1 code
+  channels (residual depths, groups) it is the mean over the channels of each
+  channel's figure over its K codes.
   """
   progress_keys = ("loss", "nmse", "perplexity", "perplexity_bottom",
                    "bits_per_dim")
@@ -61,16 +75,19 @@ class Stage1Task:
   def __init__(self, config: ml_collections.ConfigDict):
     q = config.quantizer
     bottleneck = config.model.bottleneck
-    if bottleneck == "vq" and q.dead_code_threshold > 0 and not q.use_ema:
+    vq_kind = bottleneck == "vq" and q.kind == "vq"
+    if vq_kind and q.dead_code_threshold > 0 and not q.use_ema:
       raise ConfigError("quantizer.dead_code_threshold > 0 needs the EMA "
                        "codebook; set --config.quantizer.use_ema=True or "
                        "--config.quantizer.dead_code_threshold=0.")
-    if q.kmeans_init and (bottleneck != "vq" or config.model.top_downsamples):
+    if q.kmeans_init and (not vq_kind or config.model.top_downsamples):
       raise ConfigError("quantizer.kmeans_init works for the one-level VQ-VAE "
-                        "only; set --config.quantizer.kmeans_init=False.")
+                        "with a codebook (quantizer.kind=vq) only; set "
+                        "--config.quantizer.kmeans_init=False.")
     self.config = config
     self.train_data = data.load(config.data, "train")
     self.test_data = data.load(config.data, "test")
+    configs.check_image_fits(config, self.train_data.shape)
     self.data_variance = float(data.data_variance(self.train_data))
     channels = self.train_data.shape[-1]
     self.model = build.stage1(config, channels, axis_name=AXIS)
@@ -79,6 +96,7 @@ class Stage1Task:
     self.host_model = build.stage1(config, channels, inference=True)
     self.variational = bottleneck == "vae"
     self.levels = self.model.levels
+    self.codebook_size = self.model.codebook_size if self.levels else 0
     self.has_initialize = q.kmeans_init
     self._rng, self._kmeans_rng = jax.random.split(
         jax.random.PRNGKey(config.seed), 2)
@@ -95,13 +113,16 @@ class Stage1Task:
 
   def _rngs(self, step) -> dict:
     rng = jax.random.fold_in(self._rng, step)
-    return {RESTART_RNG: rng, SAMPLE_RNG: jax.random.fold_in(rng, 1)}
+    return {RESTART_RNG: rng, SAMPLE_RNG: jax.random.fold_in(rng, 1),
+            DROPOUT_RNG: jax.random.fold_in(rng, 2)}
+
+  def init_variables(self, rng, x: jax.Array) -> dict:
+    """The model's initial variables for float images `x [B, H, W, C]`."""
+    return jax.jit(self.host_model.init)({"params": rng, SAMPLE_RNG: rng}, x)
 
   def create_train_state(self, rng, batch) -> Stage1TrainState:
     x = to_float(jnp.asarray(batch["image"]))
-    variables = jax.jit(self.host_model.init)(
-        {"params": rng, SAMPLE_RNG: rng}, x)
-    params, model_state = split_variables(variables)
+    params, model_state = split_variables(self.init_variables(rng, x))
     channels = x.shape[-1]
     return Stage1TrainState.create(
         apply_fn=self.model.apply, params=params,
@@ -132,8 +153,10 @@ class Stage1Task:
       return losses
     losses["loss"] = mse / self.data_variance + out["loss"]
     for level, q in out["levels"].items():
-      losses[self._key("codebook_loss", level)] = q["codebook_loss"]
-      losses[self._key("commitment_loss", level)] = q["commitment_loss"]
+      for name in ("codebook_loss", "commitment_loss", "sample_entropy",
+                   "codebook_entropy"):  # The last two: LFQ's.
+        if name in q:
+          losses[self._key(name, level)] = q[name]
     return losses
 
   def _key(self, name: str, level: str) -> str:
@@ -162,9 +185,11 @@ class Stage1Task:
                                   decoder_variance=variance)
     metrics = lax.pmean(losses, AXIS)
     for level, q in out["levels"].items():
-      counts = lax.psum(q["counts"], AXIS)
-      metrics[self._key("perplexity", level)] = quantizer.perplexity(counts)
-      metrics[self._key("codes_used", level)] = quantizer.fraction_used(counts)
+      counts = q["counts"]  # [K] or [C, K], over the global batch.
+      metrics[self._key("perplexity", level)] = jnp.mean(
+          quantizer.perplexity(counts))
+      metrics[self._key("codes_used", level)] = jnp.mean(
+          quantizer.fraction_used(counts))
       if "restarted" in q:
         metrics[self._key("codes_restarted", level)] = q["restarted"]
     return state, metrics
@@ -188,14 +213,17 @@ class Stage1Task:
     if self.variational:
       sums["kl_nats"] = jnp.sum(mask * out["kl"])
     for level, q in out["levels"].items():
-      code_mask = jnp.broadcast_to(mask[:, None, None], q["indices"].shape)
+      codes = q["indices"].reshape(q["z_e"].shape[:-1] + (-1,))
+      code_mask = jnp.broadcast_to(mask[:, None, None], codes.shape[:-1])
+      # The decoder's input against the encoder's output (with a projection,
+      # FSQ or LFQ, not the trained commitment term of the lookup space).
       sums[self._key("commitment", level)] = jnp.sum(mask * jnp.mean(
           jnp.square(q["z_e"] - lax.stop_gradient(q["quantized"])),
           axis=(1, 2, 3)))
-      sums[self._key("counts", level)] = quantizer.code_counts(
-          q["indices"], self.config.quantizer.num_codes, weights=code_mask)
+      sums[self._key("counts", level)] = channel_counts(
+          codes, self.codebook_size, code_mask)
       sums[self._key("num_codes", level)] = (
-          jnp.sum(mask) * math.prod(q["indices"].shape[1:]))
+          jnp.sum(mask) * math.prod(codes.shape[1:]))
     return lax.psum(sums, AXIS)
 
   def summarize_eval(self, sums) -> dict[str, float]:
@@ -214,14 +242,14 @@ class Stage1Task:
                                                            self.num_dims)
     for level in self.levels:
       per_image = float(sums[self._key("num_codes", level)]) / n
-      code_nats += per_image * math.log(self.config.quantizer.num_codes)
-      counts = sums[self._key("counts", level)]
+      code_nats += per_image * math.log(self.codebook_size)
+      counts = sums[self._key("counts", level)]  # [C, K]
       metrics[self._key("commitment_loss", level)] = float(
           self.config.quantizer.beta * sums[self._key("commitment", level)] / n)
       metrics[self._key("perplexity", level)] = float(
-          quantizer.perplexity(counts))
+          np.mean(quantizer.perplexity(counts)))
       metrics[self._key("codes_used", level)] = float(
-          quantizer.fraction_used(counts))
+          np.mean(quantizer.fraction_used(counts)))
     metrics["reconstruction_bits_per_dim"] = likelihood.bits_per_dim(
         reconstruction, self.num_dims)
     metrics["bits_per_dim"] = likelihood.bits_per_dim(
@@ -230,12 +258,15 @@ class Stage1Task:
 
   def initialize(self, state: Stage1TrainState, batch: dict
                  ) -> Stage1TrainState:
-    """k-means codebook from the first global batch (identical on devices)."""
+    """k-means codebook from the first global batch (identical on devices):
+    `VectorQuantizer.kmeans_codebook` (per group, per residual depth, in
+    the lookup space, spherical for a cosine codebook)."""
     cfg = self.config.quantizer
     z_e = self.eval_model.apply(state.variables(), to_float(batch["image"]),
                                 method=VQVAE.encode)
-    centres = quantizer.kmeans(z_e, cfg.num_codes, self._kmeans_rng,
-                               cfg.kmeans_iters, axis_name=AXIS)
+    centres = self.eval_model.apply(
+        state.variables(), z_e, self._kmeans_rng, cfg.kmeans_iters,
+        method=lambda model, *args: model.quantizer.kmeans_codebook(*args))
     if cfg.use_ema:
       _, ema = self.eval_model.apply(state.variables(), centres,
                                      method=VQVAE.set_codebook,
