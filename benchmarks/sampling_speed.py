@@ -3,17 +3,24 @@
   python benchmarks/sampling_speed.py            # full run
   python benchmarks/sampling_speed.py --quick    # fewer repeats and steps
   python benchmarks/sampling_speed.py --json     # machine-readable output
+  python benchmarks/sampling_speed.py --only vqvae2_top_7x7_K512 \
+      --set model.attention_every=0              # a shipped prior, changed
 
 Each sampler is compiled and run once first (warm-up), then timed as the
 median of a few runs. A plain step is a full forward pass of fixed cost, so
 where a full plain run would take too long (28x28: H*W full passes per batch)
 it is timed over its first `plain_steps` steps and extrapolated to H*W*C steps;
 the output says so.
+
+The priors are built from the shipped configs (`configs/<name>.py[:variant]`,
+`--set key=value` to change one); the VQ-VAE-2 bottom prior samples given
+random top codes.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import time
@@ -31,19 +38,41 @@ BATCH = 64
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def shipped_config(name: str):
-  """`configs/<name>.py:get_config()`: the model sizes the benchmark uses."""
+def shipped_config(name: str, variant: str = ""):
+  """`configs/<name>.py:get_config(variant)`: the model the benchmark uses."""
   spec = importlib.util.spec_from_file_location(
       name, os.path.join(_ROOT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(variant) if variant else module.get_config()
 
 
-# name -> config file, grid, values per channel, plain steps timed (None: all).
+def override(config, setting: str) -> None:
+  """Applies `key=value` (a Python literal, or a bare string) to `config`."""
+  key, _, value = setting.partition("=")
+  *parents, name = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  if name not in node:
+    raise SystemExit(f"--set {setting}: the config has no field {key!r}")
+  try:
+    node[name] = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    node[name] = value
+
+
+# name -> config file (and variant), grid, values per channel, plain steps
+# timed (None: all), top grid (a VQ-VAE-2 bottom prior: 2x coarser top codes).
 CONFIGS = {
     "prior_7x7_K512": dict(config="mnist_prior", height=7, width=7,
                            channels=1, num_values=512, plain_steps=None),
+    "vqvae2_top_7x7_K512": dict(config="mnist_vqvae2_prior", variant="top",
+                                height=7, width=7, channels=1,
+                                num_values=512, plain_steps=None),
+    "vqvae2_bottom_14x14_K512": dict(
+        config="mnist_vqvae2_prior", variant="bottom", height=14, width=14,
+        channels=1, num_values=512, plain_steps=16, top=(7, 7)),
     "pixels_28x28_V256": dict(config="mnist_pixelcnn", height=28, width=28,
                               channels=1, num_values=256, plain_steps=16),
 }
@@ -63,25 +92,34 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 
 
 def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
-          plain_steps: int | None) -> dict:
+          plain_steps: int | None, settings: list[str] = ()) -> dict:
   h, w, c = cfg["height"], cfg["width"], cfg["channels"]
-  config = shipped_config(cfg["config"])
-  model = build.code_prior(config, cfg["num_values"], c, inference=True)
+  config = shipped_config(cfg["config"], cfg.get("variant", ""))
+  for setting in settings:
+    override(config, setting)
+  top = cfg.get("top")
+  model = build.code_prior(config, cfg["num_values"], c,
+                           top_num_codes=cfg["num_values"] if top else 0,
+                           top_upsamples=1 if top else 0, inference=True)
   shape = (batch, h, w, c)
+  top_codes = (jax.random.randint(jax.random.key(1), (batch, *top, 1), 0,
+                                  cfg["num_values"]) if top else None)
   # Parameter values do not matter for speed; an "rbg" key compiles faster.
-  params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
-                               jnp.zeros((1, h, w, c), jnp.int32))
+  params = jax.jit(model.init)(
+      jax.random.key(0, impl="rbg"), jnp.zeros((1, h, w, c), jnp.int32),
+      top_codes=None if top is None else top_codes[:1])
   key = jax.random.key(0)
   total_steps = h * w * c
 
   cached_compile, cached_s = _time(
-      lambda: sampling.sample(model, params, key, shape, method="cached"),
+      lambda: sampling.sample(model, params, key, shape, method="cached",
+                              top_codes=top_codes),
       repeats)
 
   steps = total_steps if plain_steps is None else min(plain_steps, total_steps)
   plain_compile, plain_run_s = _time(
       lambda: sampling._run(model, params, key, shape, 1.0, None, None,
-                            "plain", None, False, return_logits=False,
+                            "plain", top_codes, False, return_logits=False,
                             num_steps=steps)[0],
       plain_repeats)
   plain_s = plain_run_s * total_steps / steps
@@ -90,8 +128,10 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
       "name": name,
       "shape": list(shape),
       "num_values": cfg["num_values"],
-      "model": f"configs/{cfg['config']}.py: " + ", ".join(
-          f"{k}={v}" for k, v in config.model.items() if k != "conditional"),
+      "model": f"configs/{cfg['config']}.py"
+               + (f":{cfg['variant']}" if cfg.get("variant") else "") + ": "
+               + ", ".join(f"{k}={v}" for k, v in config.model.items()
+                           if k != "conditional"),
       "plain_seconds": plain_s,
       "plain_samples_per_s": batch / plain_s,
       "plain_steps_timed": steps,
@@ -118,6 +158,10 @@ def main():
                            "extrapolate (default: per config).")
   parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS),
                       help="run only these configs.")
+  parser.add_argument("--set", action="append", default=[],
+                      metavar="KEY=VALUE",
+                      help="override a config value (e.g. "
+                           "model.attention_every=0) in every prior timed.")
   args = parser.parse_args()
   xla_cpu.configure(devices=None)  # As sample.py does (CPU only).
 
@@ -128,28 +172,31 @@ def main():
     steps = cfg["plain_steps"] if args.plain_steps is None else args.plain_steps
     if args.quick:
       steps = 4 if steps is None else min(steps, 4)
-    results.append(bench(name, cfg, args.batch, repeats, plain_repeats, steps))
+    results.append(bench(name, cfg, args.batch, repeats, plain_repeats, steps,
+                         args.set))
 
   report = {
       "device": str(jax.devices()[0]),
       "backend": jax.default_backend(),
       "jax": jax.__version__,
+      "settings": args.set,
       "results": results,
   }
   if args.json:
     print(json.dumps(report, indent=2))
     return
   print(f"device: {report['device']} ({report['backend']}), "
-        f"jax {jax.__version__}")
+        f"jax {jax.__version__}" + (f", --set {' '.join(args.set)}"
+                                     if args.set else ""))
   for r in results:
     print(f"{r['name']}: {r['model']}")
-  header = (f"{'config':<20}{'batch shape':<18}{'plain s':>10}{'plain /s':>10}"
+  header = (f"{'config':<26}{'batch shape':<18}{'plain s':>10}{'plain /s':>10}"
             f"{'cached s':>10}{'cached /s':>11}{'speedup':>9}")
   print(header)
   print("-" * len(header))
   for r in results:
     star = "*" if r["plain_extrapolated"] else ""
-    print(f"{r['name']:<20}{'x'.join(map(str, r['shape'])):<18}"
+    print(f"{r['name']:<26}{'x'.join(map(str, r['shape'])):<18}"
           f"{r['plain_seconds']:>9.2f}{star:1}{r['plain_samples_per_s']:>10.3f}"
           f"{r['cached_seconds']:>10.2f}{r['cached_samples_per_s']:>11.2f}"
           f"{r['speedup']:>8.1f}x")

@@ -15,7 +15,8 @@ PRIOR_CONFIGS = [("mnist_prior", ""), ("mnist_prior", "conditional"),
                  ("mnist_prior", "tiny"), ("mnist_pixelcnn", ""),
                  ("mnist_pixelcnn", "conditional"), ("mnist_pixelcnn", "cpu"),
                  ("cifar10_pixelcnn", ""), ("cifar10_pixelcnn", "conditional"),
-                 ("mnist_vqvae2_prior", ""), ("mnist_vqvae2_prior", "tiny"),
+                 ("mnist_vqvae2_prior", ""), ("mnist_vqvae2_prior", "top"),
+                 ("mnist_vqvae2_prior", "bottom"), ("mnist_vqvae2_prior", "tiny"),
                  ("cifar10_vqvae2_prior", ""),
                  ("cifar10_vqvae2_prior", "conditional")]
 

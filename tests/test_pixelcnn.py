@@ -220,3 +220,54 @@ def test_xla_cpu_kernels_compute_the_same_logits_and_gradients(num_channels):
   assert dep[later].max() < 1e-5 * dep.max()
   np.testing.assert_allclose(dep[~later], dep_direct[~later],
                              atol=1e-5 * dep.max())
+
+
+def _attention_model(**fields):
+  return GatedPixelCNN(**{**dict(num_values=V, features=8, num_layers=2,
+                                 kernel_size=3, head_features=8,
+                                 attention_every=1, attention_heads=2),
+                          **fields})
+
+
+def test_attention_is_causal_and_sees_every_earlier_position():
+  """With attention after the first gated layer, every logit depends on
+  every earlier position (beyond the convolutions' reach) and on no later
+  one, with and without class and spatial conditioning."""
+  model = _attention_model(num_layers=1, num_classes=3, cond_features=2)
+  x = jnp.zeros((1, H, W, 1), jnp.int32)
+  labels = jnp.array([1])
+  cond = np.random.default_rng(5).standard_normal((1, H, W, 2)).astype(
+      np.float32)
+  params = random_params(model, x, labels, cond, seed=6)
+  dep = _dependencies(model, params, labels, cond)
+  n = dep.shape[0]
+  assert not _receptive_field(1, 1, 3).all(where=np.tril(
+      np.ones((n, n), bool), k=-1))  # the convolutions alone miss some
+  assert np.all((dep > 0) == np.tril(np.ones((n, n), bool), k=-1))
+
+  logits = _apply(model, params, x, labels, cond)
+  other_label = _apply(model, params, x, jnp.array([2]), cond)
+  other_cond = _apply(model, params, x, labels, cond + 1.0)
+  assert np.abs(logits - other_label).min() > 0
+  assert np.abs(logits - other_cond).min() > 0
+
+
+def test_attention_needs_one_channel():
+  model = _attention_model(num_channels=3, features=6)
+  with pytest.raises(ValueError, match="num_channels == 1"):
+    jax.eval_shape(model.init, jax.random.key(0),
+                   jnp.zeros((1, 2, 2, 3), jnp.int32))
+
+
+def test_dropout_acts_at_training_time_only():
+  model = _attention_model(dropout=0.5)
+  plain = _attention_model()
+  x = np.random.default_rng(0).integers(0, V, (2, 4, 4, 1))
+  params = random_params(model, x)
+  evaluated = _apply(model, params, x)
+  np.testing.assert_array_equal(evaluated, _apply(plain, params, x))
+  train = jax.jit(lambda key: model.apply(params, x, train=True,
+                                          rngs={"dropout": key}))
+  a, b = train(jax.random.key(0)), train(jax.random.key(1))
+  np.testing.assert_array_equal(a, train(jax.random.key(0)))
+  assert np.abs(a - b).max() > 0 and np.abs(a - evaluated).max() > 0

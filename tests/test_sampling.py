@@ -164,14 +164,17 @@ def test_sampler_runs_inside_jit_with_a_traced_temperature_and_greedy():
   np.testing.assert_array_equal(greedy[0], jnp.argmax(logits, axis=-1))
 
 
-def test_code_prior_samples_given_top_codes():
-  """A VQ-VAE-2 bottom prior (`CodePrior` with top codes): the sampler
-  computes its conditioning map from the top codes, cached == plain, and
-  the logits it sampled from are the model's on the final samples."""
+@pytest.mark.parametrize("attention_every", [0, 1])
+def test_code_prior_samples_given_top_codes(attention_every):
+  """A VQ-VAE-2 bottom prior (`CodePrior` with top codes, with or without
+  attention): the sampler computes its conditioning map from the top codes,
+  cached == plain, and the logits it sampled from are the model's on the
+  final samples."""
   from vqjax.models import CodePrior  # pylint: disable=g-import-not-at-top
   prior = CodePrior(num_values=5, features=8, num_layers=1, kernel_size=3,
                     head_features=8, top_num_codes=4, top_upsamples=1,
-                    cond_features=4)
+                    cond_features=4, attention_every=attention_every,
+                    attention_heads=2)
   shape = (2, 4, 4, 1)
   top = jax.random.randint(jax.random.key(0), (2, 2, 2, 1), 0, 4)
   variables = prior.init(jax.random.key(1), jnp.zeros(shape, jnp.int32),
@@ -184,3 +187,35 @@ def test_code_prior_samples_given_top_codes():
   np.testing.assert_allclose(runs[0][1], full, atol=1e-4)
   with pytest.raises(ValueError, match="top_codes"):
     sample(prior, variables, jax.random.key(2), shape)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_cached_sampler_with_attention_matches_full_forward(conditioned):
+  """Attention blocks sample through their key/value cache: the same samples
+  as the plain sampler, from the model's logits on the final samples; a
+  model with dropout samples without it."""
+  b, h, w = 2, 3, 4
+  model = GatedPixelCNN(
+      num_values=6, features=8, num_layers=3, kernel_size=3, head_features=8,
+      attention_every=2, attention_heads=2, dropout=0.5,
+      num_classes=4 if conditioned else 0,
+      cond_features=2 if conditioned else 0)
+  labels = cond = None
+  if conditioned:
+    labels = jnp.array([0, 3])
+    cond = jnp.asarray(np.random.default_rng(0).standard_normal(
+        (b, h, w, 2)).astype(np.float32))
+  shape = (b, h, w, 1)
+  params = random_params(model, jnp.zeros(shape, jnp.int32), labels, cond,
+                         seed=2, logit_scale=3.0)
+  assert {"attention_1"} <= set(params["params"])
+  key = jax.random.key(3)
+  cached, cached_logits = sample_with_logits(
+      model, params, key, shape, temperature=0.9, labels=labels, cond=cond,
+      method="cached")
+  plain, _ = sample_with_logits(
+      model, params, key, shape, temperature=0.9, labels=labels, cond=cond,
+      method="plain")
+  np.testing.assert_array_equal(cached, plain)
+  full = jax.jit(model.apply)(params, cached, labels, cond)
+  np.testing.assert_allclose(cached_logits, full, atol=1e-4)

@@ -20,15 +20,21 @@ from vqjax.train import stage1 as stage1_lib
 K, TOP, BOTTOM = 6, 3, 6  # codes; top grid 3x3 -> bottom grid 6x6
 
 
-def _bottom_prior(seed=0):
+def _bottom_prior(seed=0, attention_every=0):
   prior = CodePrior(num_values=K, features=8, num_layers=3, kernel_size=3,
                     head_features=8, top_num_codes=K, top_upsamples=1,
-                    cond_features=4)
+                    cond_features=4, attention_every=attention_every,
+                    attention_heads=2)
   top = jax.random.randint(jax.random.PRNGKey(seed), (1, TOP, TOP, 1), 0, K)
   x = jax.random.randint(jax.random.PRNGKey(seed + 1), (1, BOTTOM, BOTTOM, 1),
                          0, K)
   variables = prior.init(jax.random.PRNGKey(3), x, top_codes=top)
   assert set(variables["params"]) == {"pixelcnn", "conditioner"}
+  # Attention's output projection starts at zero (the block as identity):
+  # open it, so that what the block sees shows in the logits.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, v: jax.random.normal(jax.random.PRNGKey(4), v.shape) * 0.3
+      if "['out']" in jax.tree_util.keystr(path) else v, variables)
 
   def logits(onehot, top_codes):
     return prior.apply(variables, onehot, top_codes=top_codes,
@@ -36,8 +42,9 @@ def _bottom_prior(seed=0):
   return logits, jax.nn.one_hot(x, K), top
 
 
-def test_bottom_prior_is_causal_over_the_bottom_grid():
-  logits, onehot, top = _bottom_prior()
+@pytest.mark.parametrize("attention_every", [0, 2])
+def test_bottom_prior_is_causal_over_the_bottom_grid(attention_every):
+  logits, onehot, top = _bottom_prior(attention_every=attention_every)
   n = BOTTOM * BOTTOM
   jacobian = jax.jacrev(lambda o: logits(o, top).reshape(n, K))(onehot)
   # [n, K, 1, H, W, 1, K] -> how much output position p depends on input q.
@@ -45,10 +52,13 @@ def test_bottom_prior_is_causal_over_the_bottom_grid():
   later_or_same = np.triu(np.ones((n, n), bool))
   assert np.all(dependence[later_or_same] == 0)
   assert dependence[n - 1, n - 2] > 0 and dependence[BOTTOM, 0] > 0
+  if attention_every:  # attention reaches back to the very first position
+    assert np.all(dependence[np.tril(np.ones((n, n), bool), k=-1)] > 0)
 
 
-def test_bottom_prior_depends_on_every_top_code():
-  logits, onehot, top = _bottom_prior()
+@pytest.mark.parametrize("attention_every", [0, 2])
+def test_bottom_prior_depends_on_every_top_code(attention_every):
+  logits, onehot, top = _bottom_prior(attention_every=attention_every)
   base = np.asarray(logits(onehot, top))
   for i in range(TOP):
     for j in range(TOP):

@@ -218,11 +218,15 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.head_features = 128
   config.model.conditional = False  # class-conditional on the dataset labels
   config.model.cond_features = 64   # bottom level: width of the top-code conditioning map
+  config.model.attention_every = 0  # n > 0: causal self-attention after every n-th gated layer (codes only)
+  config.model.attention_heads = 4
+  config.model.dropout = 0.0        # dropout in the gated layers (and attention) at training time
   config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
   config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.models.build); not architecture
 
   config.train = train_group(batch_size=64, learning_rate=1e-3,
                              cosine_decay=True, grad_clip_norm=1.0)
+  config.train.ema_decay = 0.0      # > 0: evaluate, sample and save a moving average of the parameters
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 1000

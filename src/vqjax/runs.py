@@ -9,7 +9,8 @@ models are built for inference with the kernels `kernels` picks
 whatever the run trained with).
 
 A prior's checkpoint records the stage-1 run it was trained on
-(`link_of`), so `restore_prior` restores that run too.
+(`link_of`), so `restore_prior` restores that run too. A prior trained with
+`train.ema_decay > 0` restores its moving average of the parameters.
 
 Checkpoints written before vqjax 0.2 restore: their one-level prior
 parameters (the PixelCNN's at the top of the tree) are moved under
@@ -27,6 +28,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vqjax import checkpoint, configs
 from vqjax.models import build
@@ -287,16 +289,42 @@ class TrainedPrior:
     return int(self.meta.get("num_classes") or 0)
 
 
+def _ema_params(workdir: str, step: int) -> dict:
+  """The moving average of a prior's parameters (`PriorTrainState
+  .ema_params`) saved in its checkpoint `step`."""
+  path = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_DIR,
+                      str(step), "state")
+  with ocp.StandardCheckpointer() as reader:
+    return reader.restore(path)["ema_params"]
+
+
+def _with_prior_defaults(config: ml_collections.ConfigDict
+                         ) -> ml_collections.ConfigDict:
+  """A prior's saved config with the keys added since it was written (all
+  of which default to off) set to their defaults."""
+  defaults = configs.prior_defaults()
+  with config.unlocked():
+    for group in ("model", "train"):
+      for key, value in defaults[group].items():
+        if key not in config[group]:
+          config[group][key] = value
+  return config
+
+
 def restore_prior(workdir: str, vqvae_workdir: str | None = None,
                   step: int | None = None, kernels: str = "auto"
                   ) -> TrainedPrior:
   """Loads a stage-2 run and the stage-1 run its checkpoint links to (or
-  `vqvae_workdir`, which must then produce the same kind of codes)."""
+  `vqvae_workdir`, which must then produce the same kind of codes). Its
+  variables are the moving average of the parameters when it kept one."""
   config, variables, meta, step = read_run(workdir, step)
   if meta.get("kind") != "prior":
     raise checkpoint.CheckpointError(
         f"{workdir!r} is not a prior run (train_prior.py); pass the --workdir "
         "of a train_prior.py run.")
+  config = _with_prior_defaults(config)
+  if meta.get("ema"):
+    variables = {"params": _ema_params(workdir, step)}
   vqvae = None
   if meta.get("vqvae"):
     link = meta["vqvae"]

@@ -3,10 +3,12 @@
 
 The sampler's contract with the model (`AutoregressiveModel`): the fields
 `num_values`, `num_channels`, `kernel_size`, `features`, `num_layers`,
-`num_classes`, `cond_features`, `dtype`, and the methods
-`logits(x, labels, cond)` (the plain sampler), `embed`, `vertical_row` and
-`horizontal_pixel` (the cached one), plus `condition(top_codes)` when top
-codes are given. `cond` is the model's conditioning map, computed once.
+`num_classes`, `cond_features`, `attention_every`, `attention_heads`,
+`dtype`, and the methods `logits(x, labels, cond)` (the plain sampler),
+`embed`, `vertical_row`, `horizontal_pixel` and `attention_kv` (the cached
+one), plus `condition(top_codes)` when top codes are given. `cond` is the
+model's conditioning map, computed once. Models are applied without `train`,
+so dropout is off.
 
 Two samplers draw the same samples for the same key:
 
@@ -16,7 +18,10 @@ Two samplers draw the same samples for the same key:
   of the last k//2 + 1 rows of each layer's vertical input; the horizontal
   stack and head run once per value, from a buffer of the last k//2 columns of
   each layer's horizontal input in the current row. Each value costs O(layers)
-  work, so a whole sample costs about one forward pass.
+  work, so a whole sample costs about one forward pass. Attention blocks keep
+  the keys and values of every position drawn so far (a key/value cache,
+  filled once a position is complete), so a position's attention costs
+  O(H * W).
 
 The value at raster step t = (i * W + j) * C + c is drawn with
 `jax.random.categorical(jax.random.fold_in(key, t), logits / temperature)`
@@ -33,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vqjax.models.pixelcnn import attention_layers
+
 Array = jax.Array
 METHODS = ("plain", "cached")
 
@@ -46,6 +53,8 @@ class AutoregressiveModel(Protocol):
   num_layers: int
   num_classes: int
   cond_features: int
+  attention_every: int
+  attention_heads: int
   dtype: Any
 
   def logits(self, x: Array, labels: Array | None, cond: Array | None
@@ -205,55 +214,68 @@ def _sample_cached(model, params, key, temperature, labels, cond, shape,
   d = model.kernel_size // 2
   f = model.features
   num_layers = model.num_layers + 1
+  num_blocks = len(attention_layers(model.num_layers, model.attention_every))
+  heads = model.attention_heads
   dtype = model.dtype
 
   def embed(values):
     return model.apply(params, values, method="embed")
 
   def row_body(i, carry):
-    x, logits_buf, caches = carry
+    x, logits_buf, caches, kv_caches = carry
     cond_row = None if cond is None else lax.dynamic_slice_in_dim(cond, i, 1, 1)
     v_pre, caches = model.apply(params, caches, labels, cond_row,
                                 method="vertical_row")
 
     def col_body(j, carry):
-      x, logits_buf, buffers = carry
+      x, logits_buf, buffers, kv_caches = carry
       v_pre_j = v_pre[:, :, j]  # [L + 1, B, 2F]
       cond_pix = (None if cond_row is None
                   else lax.dynamic_slice_in_dim(cond_row, j, 1, 2))
+      position = i * w + j
 
       def channel_body(ch, carry):
-        x, logits_buf, _ = carry
-        logits, inputs = model.apply(
+        x, logits_buf, _, _ = carry
+        logits, inputs, block_inputs = model.apply(
             params, buffers, embed(x[:, i, j]), v_pre_j, labels, cond_pix,
-            method="horizontal_pixel")
+            kv_caches, position, (h, w), method="horizontal_pixel")
         logits = logits[:, ch]  # [B, V]
         t = (i * w + j) * c + ch
         x = x.at[:, i, j, ch].set(draw(key, t, logits, temperature))
         if logits_buf is not None:
           logits_buf = logits_buf.at[:, i, j, ch].set(logits)
-        return x, logits_buf, inputs
+        return x, logits_buf, inputs, block_inputs
 
       inputs = [jnp.zeros((b, f), dtype)] * num_layers
-      x, logits_buf, inputs = lax.fori_loop(
-          0, c, channel_body, (x, logits_buf, inputs))
+      block_inputs = [jnp.zeros((b, f), dtype)] * num_blocks
+      x, logits_buf, inputs, block_inputs = lax.fori_loop(
+          0, c, channel_body, (x, logits_buf, inputs, block_inputs))
       # Layers >= 1 see only channels < C-1 of this pixel, so their inputs from
       # the last channel step are final; layer 0's input is the embedding of
-      # the now complete pixel.
-      inputs[0] = embed(x[:, i, j])
+      # the now complete pixel (attention blocks need C = 1: theirs are final).
+      emb_pixel = embed(x[:, i, j])
+      inputs[0] = emb_pixel
       buffers = [jnp.concatenate([buf[:, 1:], inp[:, None]], axis=1)
                  for buf, inp in zip(buffers, inputs)]
-      return x, logits_buf, buffers
+      new_kv = model.apply(params, block_inputs, emb_pixel, position, (h, w),
+                           method="attention_kv")
+      kv_caches = [(keys.at[:, position].set(k), values.at[:, position].set(v))
+                   for (keys, values), (k, v) in zip(kv_caches, new_kv)]
+      return x, logits_buf, buffers, kv_caches
 
     buffers = [jnp.zeros((b, d, f), dtype)] * num_layers
-    x, logits_buf, _ = lax.fori_loop(0, w, col_body, (x, logits_buf, buffers))
+    x, logits_buf, _, kv_caches = lax.fori_loop(
+        0, w, col_body, (x, logits_buf, buffers, kv_caches))
     new_row = jnp.pad(embed(x[:, i]), ((0, 0), (d, d), (0, 0)))
     caches[0] = jnp.concatenate([caches[0][:, 1:], new_row[:, None]], axis=1)
-    return x, logits_buf, caches
+    return x, logits_buf, caches, kv_caches
 
   x = jnp.zeros(shape, jnp.int32)
   logits_buf = (jnp.zeros((*shape, model.num_values), jnp.float32)
                 if return_logits else None)
   caches = [jnp.zeros((b, d + 1, w + 2 * d, f), dtype)] * num_layers
-  x, logits_buf, _ = lax.fori_loop(0, h, row_body, (x, logits_buf, caches))
+  kv = jnp.zeros((b, h * w, heads, f // heads), dtype) if num_blocks else None
+  kv_caches = [(kv, kv)] * num_blocks
+  x, logits_buf, _, _ = lax.fori_loop(
+      0, h, row_body, (x, logits_buf, caches, kv_caches))
   return x, logits_buf

@@ -28,7 +28,8 @@ class CodePrior(nn.Module):
   Attributes:
     num_values: V, values per channel (K codes, or 256 for pixels).
     num_channels: C, ordered channels per position.
-    features, num_layers, kernel_size, head_features: the `GatedPixelCNN`'s.
+    features, num_layers, kernel_size, head_features, attention_every,
+      attention_heads, dropout: the `GatedPixelCNN`'s.
     num_classes: if > 0, class-conditional on `labels [B]`.
     top_num_codes: if > 0, a VQ-VAE-2's bottom prior, conditioned on the
       whole grid of top codes `[B, h_t, w_t, 1]` (K of the top codebook).
@@ -40,8 +41,8 @@ class CodePrior(nn.Module):
       default).
 
   The sampler (`vqjax.sampling`) needs only the attributes above and the
-  methods `condition`, `logits`, `embed`, `vertical_row` and
-  `horizontal_pixel`.
+  methods `condition`, `logits`, `embed`, `vertical_row`,
+  `horizontal_pixel` and `attention_kv`.
   """
   num_values: int
   num_channels: int = 1
@@ -50,6 +51,9 @@ class CodePrior(nn.Module):
   kernel_size: int = 5
   head_features: int = 256
   num_classes: int = 0
+  attention_every: int = 0
+  attention_heads: int = 4
+  dropout: float = 0.0
   top_num_codes: int = 0
   top_upsamples: int = 1
   cond_features: int = 0
@@ -69,6 +73,8 @@ class CodePrior(nn.Module):
         features=self.features, num_layers=self.num_layers,
         kernel_size=self.kernel_size, head_features=self.head_features,
         num_classes=self.num_classes, cond_features=self.cond_features,
+        attention_every=self.attention_every,
+        attention_heads=self.attention_heads, dropout=self.dropout,
         dtype=self.dtype, valid_conv=self.valid_conv)
     if self.top_num_codes:
       self.conditioner = TopCodeConditioner(
@@ -90,15 +96,16 @@ class CodePrior(nn.Module):
     return self.conditioner(jnp.asarray(top_codes, jnp.int32))
 
   def __call__(self, x: Array, labels: Array | None = None,
-               top_codes: Array | None = None) -> Array:
+               top_codes: Array | None = None, train: bool = False) -> Array:
     """Logits `[B, h, w, C, V]` float32 of `x: [B, h, w, C]` int; those at
-    (i, j, c) depend only on earlier positions and channels < c."""
-    return self.logits(x, labels, self.condition(top_codes))
+    (i, j, c) depend only on earlier positions and channels < c. `train`
+    applies dropout (a "dropout" rng is then needed if `dropout > 0`)."""
+    return self.logits(x, labels, self.condition(top_codes), train)
 
   def logits(self, x: Array, labels: Array | None = None,
-             cond: Array | None = None) -> Array:
+             cond: Array | None = None, train: bool = False) -> Array:
     """`__call__` given the conditioning map `cond = condition(top_codes)`."""
-    return self.pixelcnn(x, labels, cond)
+    return self.pixelcnn(x, labels, cond, train)
 
   def logits_from_onehot(self, onehot: Array, labels: Array | None = None,
                          top_codes: Array | None = None) -> Array:
@@ -115,7 +122,13 @@ class CodePrior(nn.Module):
     return self.pixelcnn.vertical_row(caches, labels, cond_row)
 
   def horizontal_pixel(self, buffers, emb_pixel, v_pre, labels=None,
-                       cond_pixel=None):
+                       cond_pixel=None, kv_caches=None, position=None,
+                       grid=None):
     """See `GatedPixelCNN.horizontal_pixel`."""
     return self.pixelcnn.horizontal_pixel(buffers, emb_pixel, v_pre, labels,
-                                          cond_pixel)
+                                          cond_pixel, kv_caches, position,
+                                          grid)
+
+  def attention_kv(self, block_inputs, emb_pixel, position, grid):
+    """See `GatedPixelCNN.attention_kv`."""
+    return self.pixelcnn.attention_kv(block_inputs, emb_pixel, position, grid)

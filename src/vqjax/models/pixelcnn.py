@@ -26,9 +26,27 @@ horizontal-stack feature axis into C groups. On the centre tap and on every
 <= c, so they depend on earlier pixels and on channels < c of the current
 pixel only. The vertical stack sees whole rows above, so it needs no groups.
 
+Optional causal self-attention (`attention_every = n`; PixelSNAIL, Chen et
+al. 2018, and the VQ-VAE-2 top prior): after every n-th gated layer (not the
+last) the horizontal stream h gets a residual from multi-head attention in
+which the position p = i * W + j queries every earlier position q < p:
+
+  query(p)     = Dense([LN(h_p), pos_p])
+  key/value(q) = Dense([LN(h_q), emb(x_q), pos_q]),  plus a learned start
+                 key/value that every position sees (position 0 sees it only)
+  h_p         += Dense(attention(query(p), keys/values of q < p and start))
+
+pos are fixed sinusoids of (i, j). h_q depends on positions < q only, and
+emb(x_q) on q itself, so p sees exactly the positions before it, all of them.
+Channel groups do not pass through attention, so it needs C = 1 (codes).
+
+Dropout (`dropout > 0`, training only: `train=True` with a "dropout" rng) acts
+on the horizontal stream's gated activations g and on the attention residual.
+
 Everything a layer computes is a VALID convolution of an explicitly padded
 input, so the cached sampler (`vqjax.sampling`) calls the very same layer code
-on a few cached rows/columns via `vertical_row` and `horizontal_pixel`.
+on a few cached rows/columns via `vertical_row` and `horizontal_pixel`, and
+the attention blocks' keys and values go into a cache (`attention_kv`).
 """
 
 from __future__ import annotations
@@ -85,6 +103,28 @@ def valid_conv(x: Array, kernel: Array) -> Array:
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def attention_layers(num_layers: int, every: int) -> tuple[int, ...]:
+  """The gated layers (0 .. num_layers) followed by an attention block: every
+  `every`-th, not the last (whose horizontal output only feeds the skip)."""
+  if every <= 0:
+    return ()
+  return tuple(l for l in range(num_layers) if (l + 1) % every == 0)
+
+
+POSITION_FREQUENCIES = 4  # sinusoid frequencies per axis
+
+
+def positions(h: int, w: int) -> Array:
+  """Sinusoidal features of every position in raster order: [h * w, P]
+  float32, P = 4 * POSITION_FREQUENCIES."""
+  i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  scales = np.pi * 2.0 ** np.arange(POSITION_FREQUENCIES)
+  angles = np.concatenate([((i.reshape(-1, 1) + 0.5) / h) * scales,
+                           ((j.reshape(-1, 1) + 0.5) / w) * scales], axis=1)
+  return jnp.asarray(np.concatenate([np.sin(angles), np.cos(angles)], axis=1),
+                     jnp.float32)
+
+
 def gate(x: Array) -> Array:
   """tanh(x[..., :F]) * sigmoid(x[..., F:]): [..., 2F] -> [..., F]."""
   f = x.shape[-1] // 2
@@ -107,12 +147,14 @@ class GatedLayer(nn.Module):
   last: bool
   num_classes: int = 0
   cond_features: int = 0
+  dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   valid_conv: Callable[[Array, Array], Array] = valid_conv
 
   def setup(self):
     f, k = self.features, self.kernel_size
+    self.drop = nn.Dropout(self.dropout)
     kh = kw = k // 2 + 1
     init = nn.initializers.lecun_normal()
     zeros = nn.initializers.zeros
@@ -160,13 +202,15 @@ class GatedLayer(nn.Module):
     v_pre = self.valid_conv(v_in.astype(self.dtype), kernel)
     return v_pre + jnp.asarray(self.v_bias, self.dtype) + bias
 
-  def horizontal(self, h_in: Array, v_pre: Array, bias) -> tuple[Array, Array]:
+  def horizontal(self, h_in: Array, v_pre: Array, bias,
+                 train: bool = False) -> tuple[Array, Array]:
     """Horizontal stack without the residual.
 
     Args:
       h_in: [B, h, w + d, F] horizontal input, left-padded by d columns.
       v_pre: [B, h, w, 2F] vertical pre-activation of the same positions.
       bias: conditioning bias, broadcastable to [B, h, w, 2F].
+      train: apply dropout to the gated activations (needs a "dropout" rng).
 
     Returns:
       (res_{1x1}(g) [B, h, w, F] or None for the last layer,
@@ -180,7 +224,7 @@ class GatedLayer(nn.Module):
     link = jnp.asarray(self.link_kernel, self.dtype)
     h_pre = (self.valid_conv(h_in.astype(self.dtype), kernel)
              + v_pre @ link + jnp.asarray(self.h_bias, self.dtype) + bias)
-    g = gate(h_pre)
+    g = self.drop(gate(h_pre), deterministic=not train)
     # The skip and residual 1x1 convs read the same g: one matmul for both.
     kernels = [self.skip_kernel * group_mask(f, self.skip_features, c, "B")]
     biases = [self.skip_bias]
@@ -193,6 +237,83 @@ class GatedLayer(nn.Module):
       return None, out
     skip, res = jnp.split(out, [self.skip_features], axis=-1)
     return res, skip
+
+
+class CausalAttention(nn.Module):
+  """Multi-head attention of each position over all earlier ones (raster
+  order), as a residual for the horizontal stream (see the module doc).
+
+  Attributes:
+    features: F, the stream's width.
+    num_heads: attention heads; F must be divisible by it.
+    dropout: dropout rate on the residual at training time.
+  """
+  features: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    if self.features % self.num_heads:
+      raise ValueError(f"features ({self.features}) must be divisible by "
+                       f"attention_heads ({self.num_heads}).")
+    heads, depth = self.num_heads, self.features // self.num_heads
+    dense = functools.partial(nn.DenseGeneral, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    self.norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.query = dense((heads, depth))
+    self.key = dense((heads, depth))
+    self.value = dense((heads, depth))
+    # Zero: a new block starts as the identity on the stream.
+    self.out = dense(self.features, axis=(-2, -1),
+                     kernel_init=nn.initializers.zeros)
+    self.start_key = self.param("start_key", nn.initializers.zeros,
+                                (heads, depth), self.param_dtype)
+    self.start_value = self.param("start_value", nn.initializers.zeros,
+                                  (heads, depth), self.param_dtype)
+    self.drop = nn.Dropout(self.dropout)
+
+  def queries(self, h: Array, pos: Array) -> Array:
+    """h [..., F], pos [..., P] -> [..., heads, F / heads]."""
+    pos = jnp.broadcast_to(pos, h.shape[:-1] + pos.shape[-1:])
+    return self.query(jnp.concatenate(
+        [self.norm(h), pos.astype(self.dtype)], axis=-1))
+
+  def keys_values(self, h: Array, emb: Array, pos: Array
+                  ) -> tuple[Array, Array]:
+    """Keys and values of positions: h, emb [..., F], pos [..., P] ->
+    two [..., heads, F / heads]."""
+    pos = jnp.broadcast_to(pos, h.shape[:-1] + pos.shape[-1:])
+    kv_in = jnp.concatenate([self.norm(h), emb.astype(self.dtype),
+                             pos.astype(self.dtype)], axis=-1)
+    return self.key(kv_in), self.value(kv_in)
+
+  def attend(self, q: Array, k: Array, v: Array, earlier: Array,
+             train: bool = False) -> Array:
+    """The residual for queries q [B, Nq, heads, D] over keys and values
+    [B, N, heads, D]; earlier [Nq, N] bool says which keys each query sees
+    (the start key is always seen). Returns [B, Nq, F]."""
+    b = q.shape[0]
+    start = lambda x: jnp.broadcast_to(jnp.asarray(x, k.dtype),
+                                       (b, 1) + x.shape)
+    k = jnp.concatenate([start(self.start_key), k], axis=1)
+    v = jnp.concatenate([start(self.start_value), v], axis=1)
+    mask = jnp.concatenate(
+        [jnp.ones((earlier.shape[0], 1), bool), earlier], axis=1)
+    y = nn.dot_product_attention(q, k, v, mask=mask[None, None],
+                                 dtype=self.dtype)
+    return self.drop(self.out(y), deterministic=not train)
+
+  def __call__(self, h: Array, emb: Array, train: bool = False) -> Array:
+    """The residual for the whole grid: h, emb [B, H, W, F] -> [B, H, W, F]."""
+    b, height, width, f = h.shape
+    n = height * width
+    pos = positions(height, width)
+    q = self.queries(h.reshape(b, n, f), pos)
+    k, v = self.keys_values(h.reshape(b, n, f), emb.reshape(b, n, f), pos)
+    earlier = np.tril(np.ones((n, n), bool), k=-1)
+    return self.attend(q, k, v, earlier, train).reshape(b, height, width, f)
 
 
 class GatedPixelCNN(nn.Module):
@@ -209,6 +330,10 @@ class GatedPixelCNN(nn.Module):
     head_features: hidden size of the output head, fed by the summed skips.
     num_classes: if > 0, class conditioning on `labels` [B].
     cond_features: if > 0, spatial conditioning on `cond` [B, H, W, F_c].
+    attention_every: n > 0 puts a causal self-attention block after every
+      n-th gated layer (`attention_layers`); 0: none. Needs C = 1.
+    attention_heads: heads of each attention block; F must be divisible by it.
+    dropout: dropout rate at training time (`train=True`); 0: none.
     dtype: computation dtype; logits are always returned as float32.
     param_dtype: parameter dtype.
     valid_conv: the gated layers' VALID convolution (see `GatedLayer`).
@@ -221,6 +346,9 @@ class GatedPixelCNN(nn.Module):
   head_features: int = 256
   num_classes: int = 0
   cond_features: int = 0
+  attention_every: int = 0
+  attention_heads: int = 4
+  dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   valid_conv: Callable[[Array, Array], Array] = valid_conv
@@ -236,6 +364,13 @@ class GatedPixelCNN(nn.Module):
     if self.kernel_size < 3 or self.kernel_size % 2 == 0:
       raise ValueError(f"kernel_size must be odd and >= 3, got "
                        f"{self.kernel_size}.")
+    if self.attention_every and c != 1:
+      raise ValueError(
+          f"attention_every={self.attention_every} needs num_channels == 1 "
+          f"(codes), got {c}: attention would mix a pixel's ordered "
+          "channels. Set attention_every=0.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
     init = nn.initializers.lecun_normal()
     zeros = nn.initializers.zeros
     pd = self.param_dtype
@@ -247,9 +382,15 @@ class GatedPixelCNN(nn.Module):
             features=f, kernel_size=self.kernel_size, num_channels=c,
             skip_features=s, first=(l == 0), last=(l == self.num_layers),
             num_classes=self.num_classes, cond_features=self.cond_features,
-            dtype=self.dtype, param_dtype=pd, valid_conv=self.valid_conv,
-            name=f"layer_{l}")
+            dropout=self.dropout, dtype=self.dtype, param_dtype=pd,
+            valid_conv=self.valid_conv, name=f"layer_{l}")
         for l in range(self.num_layers + 1)
+    ]
+    self.attention = [
+        CausalAttention(f, self.attention_heads, dropout=self.dropout,
+                        dtype=self.dtype, param_dtype=pd,
+                        name=f"attention_{l}")
+        for l in attention_layers(self.num_layers, self.attention_every)
     ]
     self.head_hidden_kernel = self.param("head_hidden_kernel", init, (s, s), pd)
     self.head_hidden_bias = self.param("head_hidden_bias", zeros, (s,), pd)
@@ -259,24 +400,25 @@ class GatedPixelCNN(nn.Module):
         "head_out_bias", zeros, (c * self.num_values,), pd)
 
   def __call__(self, x: Array, labels: Array | None = None,
-               cond: Array | None = None) -> Array:
+               cond: Array | None = None, train: bool = False) -> Array:
     """Logits of every value at every position.
 
     Args:
       x: [B, H, W, C] int values in [0, V).
       labels: [B] int class labels (needed iff num_classes > 0).
       cond: [B, H, W, F_c] conditioning map (needed iff cond_features > 0).
+      train: apply dropout (needs a "dropout" rng when dropout > 0).
 
     Returns:
       [B, H, W, C, V] float32 logits; those of (i, j, c) depend only on
       earlier pixels and on channels < c of pixel (i, j).
     """
-    return self._forward(self.embed(x), labels, cond)
+    return self._forward(self.embed(x), labels, cond, train)
 
   def logits(self, x: Array, labels: Array | None = None,
-             cond: Array | None = None) -> Array:
+             cond: Array | None = None, train: bool = False) -> Array:
     """`__call__`, under the name the sampler calls (`vqjax.sampling`)."""
-    return self(x, labels, cond)
+    return self(x, labels, cond, train)
 
   def logits_from_onehot(self, onehot: Array, labels: Array | None = None,
                          cond: Array | None = None) -> Array:
@@ -306,10 +448,12 @@ class GatedPixelCNN(nn.Module):
     if not self.cond_features and cond is not None:
       raise ValueError("cond given, but cond_features == 0.")
 
-  def _forward(self, emb: Array, labels, cond) -> Array:
+  def _forward(self, emb: Array, labels, cond, train: bool = False) -> Array:
     """emb [B, H, W, F] -> logits [B, H, W, C, V] float32."""
     self._check_conditioning(labels, cond)
     d = self.kernel_size // 2
+    blocks = dict(zip(attention_layers(self.num_layers, self.attention_every),
+                      self.attention))
     v_in = h_in = emb
     skip = 0.0
     for l, layer in enumerate(self.layers):
@@ -322,11 +466,13 @@ class GatedPixelCNN(nn.Module):
         v_pad = jnp.pad(v_in, ((0, 0), (d, 0), (d, d), (0, 0)))
       v_pre = layer.vertical(v_pad, bias)
       h_pad = jnp.pad(h_in, ((0, 0), (0, 0), (d, 0), (0, 0)))
-      res, s = layer.horizontal(h_pad, v_pre, bias)
+      res, s = layer.horizontal(h_pad, v_pre, bias, train)
       skip = skip + s
       v_in = gate(v_pre)
       if res is not None:
         h_in = res if l == 0 else h_in + res
+      if l in blocks:
+        h_in = h_in + blocks[l](h_in, emb, train)
     return self.head(skip)
 
   def head(self, skip: Array) -> Array:
@@ -379,9 +525,12 @@ class GatedPixelCNN(nn.Module):
 
   def horizontal_pixel(self, buffers: list[Array], emb_pixel: Array,
                        v_pre: Array, labels: Array | None = None,
-                       cond_pixel: Array | None = None
-                       ) -> tuple[Array, list[Array]]:
-    """The horizontal stack and head at one pixel (i, j).
+                       cond_pixel: Array | None = None,
+                       kv_caches: list[tuple[Array, Array]] | None = None,
+                       position: Array | None = None,
+                       grid: tuple[int, int] | None = None
+                       ) -> tuple[Array, list[Array], list[Array]]:
+    """The horizontal stack, attention blocks and head at one pixel (i, j).
 
     Args:
       buffers: per layer l, [B, d, F]: the horizontal input of layer l at
@@ -391,15 +540,29 @@ class GatedPixelCNN(nn.Module):
       v_pre: [L + 1, B, 2F] vertical pre-activations at (i, j).
       labels: [B] class labels, if class-conditional.
       cond_pixel: [B, 1, 1, F_c] conditioning at (i, j), if conditioned.
+      kv_caches: per attention block, its keys and values [B, H * W, heads,
+        D] (`attention_kv`); entries at `position` and after are ignored.
+      position: int32 raster index i * W + j (with attention).
+      grid: (H, W), static (with attention).
 
     Returns:
       logits: [B, C, V] float32 at (i, j).
       inputs: per layer l, [B, F]: the horizontal input of layer l at (i, j),
         to push into `buffers` once the pixel is complete.
+      block_inputs: per attention block, [B, F]: the stream it read at (i, j),
+        for `attention_kv` once the pixel is complete.
     """
     self._check_conditioning(labels, cond_pixel)
+    if len(kv_caches or ()) != len(self.attention):
+      raise ValueError(f"pass kv_caches for the {len(self.attention)} "
+                       "attention blocks (and position, grid).")
+    blocks = dict(zip(attention_layers(self.num_layers, self.attention_every),
+                      zip(self.attention, kv_caches or ())))
+    if blocks:
+      pos = positions(*grid)[position]
+      earlier = (jnp.arange(grid[0] * grid[1]) < position)[None]
     h_in = emb_pixel
-    inputs = []
+    inputs, block_inputs = [], []
     skip = 0.0
     for l, layer in enumerate(self.layers):
       inputs.append(h_in)
@@ -410,4 +573,27 @@ class GatedPixelCNN(nn.Module):
       skip = skip + s[:, 0, 0]
       if res is not None:
         h_in = res[:, 0, 0] if l == 0 else h_in + res[:, 0, 0]
-    return self.head(skip), inputs
+      if l in blocks:
+        block, (keys, values) = blocks[l]
+        block_inputs.append(h_in)
+        q = block.queries(h_in, pos)[:, None]
+        h_in = h_in + block.attend(q, keys, values, earlier)[:, 0]
+    return self.head(skip), inputs, block_inputs
+
+  def attention_kv(self, block_inputs: list[Array], emb_pixel: Array,
+                   position: Array, grid: tuple[int, int]
+                   ) -> list[tuple[Array, Array]]:
+    """The keys and values pixel (i, j) adds to each attention block's cache.
+
+    Args:
+      block_inputs: per attention block, [B, F] (from `horizontal_pixel`).
+      emb_pixel: [B, F] embedding of the complete pixel.
+      position: int32 raster index i * W + j.
+      grid: (H, W), static.
+
+    Returns:
+      per attention block, (keys, values), each [B, heads, D].
+    """
+    pos = positions(*grid)[position]
+    return [block.keys_values(h, emb_pixel, pos)
+            for block, h in zip(self.attention, block_inputs)]

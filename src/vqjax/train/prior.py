@@ -26,7 +26,7 @@ from vqjax.models.code_prior import CodePrior
 from vqjax.parallel import AXIS
 from vqjax.runs import TrainedStage1
 from vqjax.train import loop
-from vqjax.train.state import TrainState, make_optimizer
+from vqjax.train.state import PriorTrainState, make_optimizer
 
 CODES_FILE = "codes_{split}.npz"
 
@@ -105,7 +105,15 @@ def resolve_level(level: str, vqvae: TrainedStage1) -> str:
 
 
 class PriorTask:
-  """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats)."""
+  """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats).
+
+  With `train.ema_decay > 0` the state keeps an exponential moving average of
+  the parameters (`PriorTrainState`), which evaluation, the pictures and
+  `runs.restore_prior` use. With `model.dropout > 0` each training example
+  draws its dropout masks from a key folded from the seed, the step and its
+  index in the global batch, so a resumed run and a run on any number of
+  devices draw the same masks.
+  """
   progress_keys = ("loss", "bits")
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
@@ -152,6 +160,10 @@ class PriorTask:
     self.model: CodePrior = prior()
     self.eval_model: CodePrior = prior(inference=True)
     self.has_initialize = False
+    if not 0.0 <= config.train.ema_decay < 1.0:
+      raise ConfigError(f"--config.train.ema_decay={config.train.ema_decay} "
+                        "must be in [0, 1) (0: no moving average).")
+    self._dropout_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
   def _split(self, split: str) -> data.Dataset:
     if self.vqvae is None:
@@ -169,9 +181,17 @@ class PriorTask:
     return self._split("test")
 
   def check_resume(self, meta: dict) -> None:
-    """A resumed code prior must see the codes it was trained on."""
+    """A resumed code prior must see the codes it was trained on, and keep
+    (or not keep) a moving average as it did."""
     if self.vqvae is not None:
       runs.check_link(meta, self.vqvae, self.workdir)
+    saved = bool(meta.get("ema"))
+    if saved != bool(self.config.train.ema_decay):
+      raise ConfigError(
+          f"The prior in {self.workdir} was trained "
+          f"{'with' if saved else 'without'} a moving average of its "
+          f"parameters; resume it with --config.train.ema_decay "
+          f"{'> 0' if saved else '= 0'}, or use a new --workdir.")
 
   def checkpoint_meta(self) -> dict:
     return {"kind": "prior", "num_values": self.num_values,
@@ -179,7 +199,7 @@ class PriorTask:
             "num_classes": self.num_classes if self.config.model.conditional
             else 0,
             "vqvae": runs.link_of(self.vqvae) if self.vqvae else None,
-            "level": self.level}
+            "level": self.level, "ema": bool(self.config.train.ema_decay)}
 
   def _inputs(self, batch) -> tuple:
     """`(x, labels, top_codes)` of a batch for `CodePrior.__call__`."""
@@ -187,42 +207,74 @@ class PriorTask:
     top_codes = batch["cond"] if self.model.top_num_codes else None
     return jnp.asarray(batch["image"], jnp.int32), labels, top_codes
 
-  def create_train_state(self, rng, batch) -> TrainState:
+  def create_train_state(self, rng, batch) -> PriorTrainState:
     params = jax.jit(self.model.init)(rng, *self._inputs(batch))["params"]
-    return TrainState.create(apply_fn=self.model.apply, params=params,
-                             tx=make_optimizer(self.config))
+    return PriorTrainState.create(
+        apply_fn=self.model.apply, params=params,
+        tx=make_optimizer(self.config),
+        ema_params=params if self.config.train.ema_decay else None)
 
-  def _nll(self, model: CodePrior, params, batch) -> jax.Array:
-    """Per-example NLL in nats, summed over positions and channels: [B]."""
+  def _nll(self, model: CodePrior, params, batch,
+           dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Per-example NLL in nats, summed over positions and channels: [B].
+    With `dropout_rng`, in training mode: example n of the global batch
+    draws its masks from `fold_in(dropout_rng, n)`."""
     x, labels, top_codes = self._inputs(batch)
-    logits = model.apply({"params": params}, x, labels, top_codes)
+    if dropout_rng is None:
+      logits = model.apply({"params": params}, x, labels, top_codes)
+    else:
+      first = lax.axis_index(AXIS) * x.shape[0]
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(
+          dropout_rng, first + jnp.arange(x.shape[0]))
+
+      def one(key, inputs):
+        inputs = jax.tree_util.tree_map(lambda a: a[None], inputs)
+        return model.apply({"params": params}, *inputs, train=True,
+                           rngs={"dropout": key})[0]
+
+      logits = jax.vmap(one)(keys, (x, labels, top_codes))
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
-  def train_step(self, state: TrainState, batch: dict):
+  def train_step(self, state: PriorTrainState, batch: dict):
     dims = math.prod(self.sample_shape)
+    dropout_rng = (jax.random.fold_in(self._dropout_rng, state.step)
+                   if self.config.model.dropout else None)
 
     def loss_fn(params):
-      return jnp.mean(self._nll(self.model, params, batch)) / dims
+      return jnp.mean(self._nll(self.model, params, batch, dropout_rng)) / dims
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grads = lax.pmean(grads, AXIS)
     state = state.apply_gradients(grads=grads)
+    if state.ema_params is not None:
+      state = state.update_ema(self.config.train.ema_decay)
     loss = lax.pmean(loss, AXIS)
     return state, {"loss": loss, "bits": loss / math.log(2.0)}
 
-  def eval_step(self, state: TrainState, batch: dict) -> dict:
+  def eval_step(self, state: PriorTrainState, batch: dict) -> dict:
+    """Sums of the test NLL of the parameters the run samples with (the
+    average, if kept) and, with an average, of the last parameters."""
     # The inference model: direct convolutions, exactly causal.
-    nll = self._nll(self.eval_model, state.params, batch)
-    return lax.psum({"nll": jnp.sum(nll * batch["mask"]),
-                     "count": jnp.sum(batch["mask"])}, AXIS)
+    mask = batch["mask"]
+    nll = self._nll(self.eval_model, state.eval_params(), batch)
+    sums = {"nll": jnp.sum(nll * mask), "count": jnp.sum(mask)}
+    if state.ema_params is not None:
+      sums["nll_last"] = jnp.sum(
+          self._nll(self.eval_model, state.params, batch) * mask)
+    return lax.psum(sums, AXIS)
 
   def summarize_eval(self, sums) -> dict[str, float]:
-    nats = float(sums["nll"] / sums["count"]) / math.prod(self.sample_shape)
-    return {"nll_nats": nats, "bits": nats / math.log(2.0),
-            "uniform_bits": math.log2(self.num_values)}
+    per_code = lambda total: (float(total / sums["count"])
+                              / math.prod(self.sample_shape))
+    nats = per_code(sums["nll"])
+    metrics = {"nll_nats": nats, "bits": nats / math.log(2.0),
+               "uniform_bits": math.log2(self.num_values)}
+    if "nll_last" in sums:  # the parameters before averaging
+      metrics["bits_without_ema"] = per_code(sums["nll_last"]) / math.log(2.0)
+    return metrics
 
-  def write_images(self, state: TrainState, batches: dict, step: int,
+  def write_images(self, state: PriorTrainState, batches: dict, step: int,
                    workdir: str) -> list[str]:
     """Samples decoded to a grid. A VQ-VAE-2's top prior writes none (its
     codes need bottom codes to decode); a bottom prior's samples are drawn
@@ -237,7 +289,8 @@ class PriorTask:
     labels = (jnp.arange(n, dtype=jnp.int32) % self.num_classes
               if self.config.model.conditional else None)
     samples = np.asarray(sampling.sample(
-        self.eval_model, {"params": state.params}, jax.random.PRNGKey(step),
+        self.eval_model, {"params": state.eval_params()},
+        jax.random.PRNGKey(step),
         (n,) + self.sample_shape, self.config.sample.temperature,
         labels=labels, top_codes=top, method=self.config.sample.method))
     if top is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 from flax.training import train_state
@@ -25,6 +27,29 @@ class Stage1TrainState(TrainState):
   exponential moving average of the batches' squared errors. It scores the
   model, it is not part of it."""
   decoder_variance: Any = None
+
+
+class PriorTrainState(TrainState):
+  """A prior's state: also `ema_params`, an exponential moving average of the
+  parameters (Polyak averaging, as PixelCNN++ trains), updated by every step
+  (`update_ema`) and used for evaluation, sampling and the saved run; None
+  when `train.ema_decay` is 0."""
+  ema_params: Any = None
+
+  def update_ema(self, decay: float) -> "PriorTrainState":
+    """`ema = d * ema + (1 - d) * params` with `d = min(decay, (1 + n) /
+    (10 + n))` after n steps, so the average forgets the initialisation
+    early on (TensorFlow's `ExponentialMovingAverage(num_updates)`). Call
+    after `apply_gradients`: `step` is then n."""
+    step = jnp.asarray(self.step, jnp.float32)
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p,
+                                 self.ema_params, self.params)
+    return self.replace(ema_params=ema)
+
+  def eval_params(self):
+    """The parameters to evaluate and sample with: the average if kept."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
