@@ -199,7 +199,7 @@ def restore_stage1(workdir: str, step: int | None = None,
   if "image_shape" not in meta:
     raise checkpoint.CheckpointError(
         f"{workdir!r} is not a stage-1 run (its checkpoint has no "
-        "image_shape); point --config.vqvae_workdir at a train_vqvae.py "
+        "image_shape); point it at a train_vqvae.py "
         "workdir.")
   image_shape = tuple(meta["image_shape"])
   config.model.kernels = kernels
