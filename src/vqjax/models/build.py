@@ -165,9 +165,10 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
   """
   m = config.model
   if m.attention_every and num_channels != 1:
-    raise ConfigError(f"model.attention_every={m.attention_every} works for "
-                      f"priors over codes (1 channel), not over {num_channels}"
-                      "-channel pixels; set --config.model.attention_every=0.")
+    raise ConfigError(f"model.attention_every={m.attention_every} needs one "
+                      f"value per position, not {num_channels} ordered "
+                      "channels (pixels, or code depths/groups); set "
+                      "--config.model.attention_every=0.")
   if top_num_codes and m.cond_features <= 0:
     raise ConfigError("A bottom-level prior is conditioned on the top codes; "
                       "set --config.model.cond_features to a positive width.")

@@ -96,16 +96,20 @@ class CodePrior(nn.Module):
     return self.conditioner(jnp.asarray(top_codes, jnp.int32))
 
   def __call__(self, x: Array, labels: Array | None = None,
-               top_codes: Array | None = None, train: bool = False) -> Array:
+               top_codes: Array | None = None, train: bool = False,
+               example_ids: Array | None = None) -> Array:
     """Logits `[B, h, w, C, V]` float32 of `x: [B, h, w, C]` int; those at
     (i, j, c) depend only on earlier positions and channels < c. `train`
-    applies dropout (a "dropout" rng is then needed if `dropout > 0`)."""
-    return self.logits(x, labels, self.condition(top_codes), train)
+    applies dropout (a "dropout" rng is then needed if `dropout > 0`), with
+    masks picked by `example_ids [B]` (see `GatedPixelCNN`)."""
+    return self.logits(x, labels, self.condition(top_codes), train,
+                       example_ids)
 
   def logits(self, x: Array, labels: Array | None = None,
-             cond: Array | None = None, train: bool = False) -> Array:
+             cond: Array | None = None, train: bool = False,
+             example_ids: Array | None = None) -> Array:
     """`__call__` given the conditioning map `cond = condition(top_codes)`."""
-    return self.pixelcnn(x, labels, cond, train)
+    return self.pixelcnn(x, labels, cond, train, example_ids)
 
   def logits_from_onehot(self, onehot: Array, labels: Array | None = None,
                          top_codes: Array | None = None) -> Array:

@@ -42,6 +42,8 @@ Channel groups do not pass through attention, so it needs C = 1 (codes).
 
 Dropout (`dropout > 0`, training only: `train=True` with a "dropout" rng) acts
 on the horizontal stream's gated activations g and on the attention residual.
+Example b's masks are drawn from `fold_in(key, example_ids[b])`, so a batch
+split over devices draws the masks the whole batch would (`ExampleDropout`).
 
 Everything a layer computes is a VALID convolution of an explicitly padded
 input, so the cached sampler (`vqjax.sampling`) calls the very same layer code
@@ -125,6 +127,30 @@ def positions(h: int, w: int) -> Array:
                      jnp.float32)
 
 
+class ExampleDropout(nn.Module):
+  """Dropout (as `nn.Dropout`, from the "dropout" rng) whose mask for example
+  b is drawn from `fold_in(key, example_ids[b])`: it depends on the example's
+  id, not on its place in this call's batch.
+
+  Attributes:
+    rate: the probability of zeroing an element.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False,
+               example_ids: Array | None = None) -> Array:
+    """x [B, ...] -> x with elements zeroed (and the rest scaled by
+    1 / (1 - rate)) iff `train`; example_ids [B] int (default 0 .. B-1)."""
+    if not train or self.rate == 0.0:
+      return x
+    key = self.make_rng("dropout")
+    ids = jnp.arange(x.shape[0]) if example_ids is None else example_ids
+    keep = jax.vmap(lambda i: jax.random.bernoulli(
+        jax.random.fold_in(key, i), 1.0 - self.rate, x.shape[1:]))(ids)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 def gate(x: Array) -> Array:
   """tanh(x[..., :F]) * sigmoid(x[..., F:]): [..., 2F] -> [..., F]."""
   f = x.shape[-1] // 2
@@ -154,7 +180,7 @@ class GatedLayer(nn.Module):
 
   def setup(self):
     f, k = self.features, self.kernel_size
-    self.drop = nn.Dropout(self.dropout)
+    self.drop = ExampleDropout(self.dropout)
     kh = kw = k // 2 + 1
     init = nn.initializers.lecun_normal()
     zeros = nn.initializers.zeros
@@ -202,8 +228,8 @@ class GatedLayer(nn.Module):
     v_pre = self.valid_conv(v_in.astype(self.dtype), kernel)
     return v_pre + jnp.asarray(self.v_bias, self.dtype) + bias
 
-  def horizontal(self, h_in: Array, v_pre: Array, bias,
-                 train: bool = False) -> tuple[Array, Array]:
+  def horizontal(self, h_in: Array, v_pre: Array, bias, train: bool = False,
+                 example_ids: Array | None = None) -> tuple[Array, Array]:
     """Horizontal stack without the residual.
 
     Args:
@@ -211,6 +237,7 @@ class GatedLayer(nn.Module):
       v_pre: [B, h, w, 2F] vertical pre-activation of the same positions.
       bias: conditioning bias, broadcastable to [B, h, w, 2F].
       train: apply dropout to the gated activations (needs a "dropout" rng).
+      example_ids: [B] int, the examples' ids for dropout (`ExampleDropout`).
 
     Returns:
       (res_{1x1}(g) [B, h, w, F] or None for the last layer,
@@ -224,7 +251,7 @@ class GatedLayer(nn.Module):
     link = jnp.asarray(self.link_kernel, self.dtype)
     h_pre = (self.valid_conv(h_in.astype(self.dtype), kernel)
              + v_pre @ link + jnp.asarray(self.h_bias, self.dtype) + bias)
-    g = self.drop(gate(h_pre), deterministic=not train)
+    g = self.drop(gate(h_pre), train, example_ids)
     # The skip and residual 1x1 convs read the same g: one matmul for both.
     kernels = [self.skip_kernel * group_mask(f, self.skip_features, c, "B")]
     biases = [self.skip_bias]
@@ -272,7 +299,7 @@ class CausalAttention(nn.Module):
                                 (heads, depth), self.param_dtype)
     self.start_value = self.param("start_value", nn.initializers.zeros,
                                   (heads, depth), self.param_dtype)
-    self.drop = nn.Dropout(self.dropout)
+    self.drop = ExampleDropout(self.dropout)
 
   def queries(self, h: Array, pos: Array) -> Array:
     """h [..., F], pos [..., P] -> [..., heads, F / heads]."""
@@ -290,7 +317,7 @@ class CausalAttention(nn.Module):
     return self.key(kv_in), self.value(kv_in)
 
   def attend(self, q: Array, k: Array, v: Array, earlier: Array,
-             train: bool = False) -> Array:
+             train: bool = False, example_ids: Array | None = None) -> Array:
     """The residual for queries q [B, Nq, heads, D] over keys and values
     [B, N, heads, D]; earlier [Nq, N] bool says which keys each query sees
     (the start key is always seen). Returns [B, Nq, F]."""
@@ -303,9 +330,10 @@ class CausalAttention(nn.Module):
         [jnp.ones((earlier.shape[0], 1), bool), earlier], axis=1)
     y = nn.dot_product_attention(q, k, v, mask=mask[None, None],
                                  dtype=self.dtype)
-    return self.drop(self.out(y), deterministic=not train)
+    return self.drop(self.out(y), train, example_ids)
 
-  def __call__(self, h: Array, emb: Array, train: bool = False) -> Array:
+  def __call__(self, h: Array, emb: Array, train: bool = False,
+               example_ids: Array | None = None) -> Array:
     """The residual for the whole grid: h, emb [B, H, W, F] -> [B, H, W, F]."""
     b, height, width, f = h.shape
     n = height * width
@@ -313,7 +341,8 @@ class CausalAttention(nn.Module):
     q = self.queries(h.reshape(b, n, f), pos)
     k, v = self.keys_values(h.reshape(b, n, f), emb.reshape(b, n, f), pos)
     earlier = np.tril(np.ones((n, n), bool), k=-1)
-    return self.attend(q, k, v, earlier, train).reshape(b, height, width, f)
+    return self.attend(q, k, v, earlier, train, example_ids).reshape(
+        b, height, width, f)
 
 
 class GatedPixelCNN(nn.Module):
@@ -400,7 +429,8 @@ class GatedPixelCNN(nn.Module):
         "head_out_bias", zeros, (c * self.num_values,), pd)
 
   def __call__(self, x: Array, labels: Array | None = None,
-               cond: Array | None = None, train: bool = False) -> Array:
+               cond: Array | None = None, train: bool = False,
+               example_ids: Array | None = None) -> Array:
     """Logits of every value at every position.
 
     Args:
@@ -408,17 +438,20 @@ class GatedPixelCNN(nn.Module):
       labels: [B] int class labels (needed iff num_classes > 0).
       cond: [B, H, W, F_c] conditioning map (needed iff cond_features > 0).
       train: apply dropout (needs a "dropout" rng when dropout > 0).
+      example_ids: [B] int ids of the examples, whose dropout masks they pick
+        (`ExampleDropout`; default 0 .. B-1).
 
     Returns:
       [B, H, W, C, V] float32 logits; those of (i, j, c) depend only on
       earlier pixels and on channels < c of pixel (i, j).
     """
-    return self._forward(self.embed(x), labels, cond, train)
+    return self._forward(self.embed(x), labels, cond, train, example_ids)
 
   def logits(self, x: Array, labels: Array | None = None,
-             cond: Array | None = None, train: bool = False) -> Array:
+             cond: Array | None = None, train: bool = False,
+             example_ids: Array | None = None) -> Array:
     """`__call__`, under the name the sampler calls (`vqjax.sampling`)."""
-    return self(x, labels, cond, train)
+    return self(x, labels, cond, train, example_ids)
 
   def logits_from_onehot(self, onehot: Array, labels: Array | None = None,
                          cond: Array | None = None) -> Array:
@@ -448,7 +481,8 @@ class GatedPixelCNN(nn.Module):
     if not self.cond_features and cond is not None:
       raise ValueError("cond given, but cond_features == 0.")
 
-  def _forward(self, emb: Array, labels, cond, train: bool = False) -> Array:
+  def _forward(self, emb: Array, labels, cond, train: bool = False,
+               example_ids: Array | None = None) -> Array:
     """emb [B, H, W, F] -> logits [B, H, W, C, V] float32."""
     self._check_conditioning(labels, cond)
     d = self.kernel_size // 2
@@ -466,13 +500,13 @@ class GatedPixelCNN(nn.Module):
         v_pad = jnp.pad(v_in, ((0, 0), (d, 0), (d, d), (0, 0)))
       v_pre = layer.vertical(v_pad, bias)
       h_pad = jnp.pad(h_in, ((0, 0), (0, 0), (d, 0), (0, 0)))
-      res, s = layer.horizontal(h_pad, v_pre, bias, train)
+      res, s = layer.horizontal(h_pad, v_pre, bias, train, example_ids)
       skip = skip + s
       v_in = gate(v_pre)
       if res is not None:
         h_in = res if l == 0 else h_in + res
       if l in blocks:
-        h_in = h_in + blocks[l](h_in, emb, train)
+        h_in = h_in + blocks[l](h_in, emb, train, example_ids)
     return self.head(skip)
 
   def head(self, skip: Array) -> Array:

@@ -218,21 +218,15 @@ class PriorTask:
            dropout_rng: jax.Array | None = None) -> jax.Array:
     """Per-example NLL in nats, summed over positions and channels: [B].
     With `dropout_rng`, in training mode: example n of the global batch
-    draws its masks from `fold_in(dropout_rng, n)`."""
+    draws its dropout masks by its id n (`pixelcnn.ExampleDropout`)."""
     x, labels, top_codes = self._inputs(batch)
     if dropout_rng is None:
       logits = model.apply({"params": params}, x, labels, top_codes)
     else:
-      first = lax.axis_index(AXIS) * x.shape[0]
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(
-          dropout_rng, first + jnp.arange(x.shape[0]))
-
-      def one(key, inputs):
-        inputs = jax.tree_util.tree_map(lambda a: a[None], inputs)
-        return model.apply({"params": params}, *inputs, train=True,
-                           rngs={"dropout": key})[0]
-
-      logits = jax.vmap(one)(keys, (x, labels, top_codes))
+      ids = lax.axis_index(AXIS) * x.shape[0] + jnp.arange(x.shape[0])
+      logits = model.apply({"params": params}, x, labels, top_codes,
+                           train=True, example_ids=ids,
+                           rngs={"dropout": dropout_rng})
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
