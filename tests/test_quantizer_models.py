@@ -399,6 +399,8 @@ def test_bfloat16_activations_keep_float32_quantizer_outputs(variant):
     (dict(groups=3), "groups=3 must divide"),
     (dict(gradient="rotate"), "gradient must be one of"),
     (dict(dropout=0.5), "needs depth > 1"),
+    (dict(shared_codebook=True), "needs depth > 1"),
+    (dict(depth=2, cosine=True), "no cosine variant"),
     (dict(kind="vqgan"), "is not one of"),
 ])
 def test_quantizer_settings_that_cannot_work_are_config_errors(changes, match):

@@ -119,6 +119,9 @@ class VectorQuantizer(nn.Module):
     if self.dropout and self.depth == 1:
       raise ValueError(f"{name}: dropout={self.dropout} drops residual "
                        "depths; it needs depth > 1.")
+    if self.shared_codebook and self.depth == 1:
+      raise ValueError(f"{name}: shared_codebook shares one codebook between "
+                       "residual depths; it needs depth > 1.")
     if self.dead_code_threshold > 0 and not self.use_ema:
       raise ValueError(f"{name}: dead_code_threshold > 0 needs the EMA "
                        "codebook (use_ema=True).")
