@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# One pytest-xdist worker per core, at most 4; a test file's tests stay on one
+# worker (they share module fixtures: trained runs). TEST_WORKERS=0: in-process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: install
-	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests
+	VQJAX_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 # The MNIST pipeline: VQ-VAE (stage 1), PixelCNN prior on its codes (stage 2),
 # samples decoded to pictures, then the sample-quality numbers (evaluate.py).

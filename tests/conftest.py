@@ -1,7 +1,12 @@
 """Shared test helpers: the real data folder, configs and subprocess runs."""
 
+import atexit
+import functools
+import gzip
 import importlib.util
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,9 +38,48 @@ def real_data_dir() -> str | None:
   return None
 
 
+# The pipeline tests train, encode and evaluate on the first images of the
+# real MNIST splits: encoding or scoring the whole of them cost most of those
+# tests' time and tested nothing more. test_data.py reads the full files.
+MNIST_SUBSET = {"train": 4000, "test": 1000}
+_IDX = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def _write_first(src: str, dst: str, n: int) -> None:
+  """Copies the first n items of the gzipped IDX file src to dst."""
+  with gzip.open(src, "rb") as f:
+    raw = f.read()
+  ndim = raw[3]
+  dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+  item = int(np.prod(dims[1:], dtype=np.int64))
+  header = raw[:4] + struct.pack(f">{ndim}I", n, *dims[1:])
+  with gzip.open(dst, "wb", compresslevel=1) as f:
+    f.write(header + raw[4 + 4 * ndim:4 + 4 * ndim + n * item])
+
+
+@functools.cache
+def subset_data_dir() -> str | None:
+  """A data folder (made once per test process, removed at its exit) whose
+  MNIST is the first `MNIST_SUBSET` images of each real split; None without
+  the real files."""
+  real = real_data_dir()
+  if real is None:
+    return None
+  root = tempfile.mkdtemp(prefix="vqjax-test-data-")
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  os.makedirs(os.path.join(root, "mnist"))
+  for split, n in MNIST_SUBSET.items():
+    for name in _IDX[split]:
+      _write_first(os.path.join(real, "mnist", name),
+                   os.path.join(root, "mnist", name), n)
+  return root
+
+
 @pytest.fixture
 def mnist_dir(monkeypatch):
-  path = real_data_dir()
+  """`subset_data_dir()`, as VQJAX_DATA_DIR for the test and its subprocesses."""
+  path = subset_data_dir()
   if path is None:
     pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
   monkeypatch.setenv("VQJAX_DATA_DIR", path)

@@ -162,8 +162,8 @@ def can_mount_tmpfs(path: str, options: str) -> bool:
 def runs(tmp_path_factory):
   """One tiny stage-1 run (checkpoints 3, 6) and a tiny prior on it
   (checkpoints 4, 8), with their fingerprints."""
-  from conftest import real_data_dir  # pylint: disable=import-outside-toplevel
-  data_dir = real_data_dir()
+  from conftest import subset_data_dir  # pylint: disable=import-outside-toplevel
+  data_dir = subset_data_dir()
   if data_dir is None:
     pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
   env = {"VQJAX_DATA_DIR": data_dir}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import load_config, real_data_dir
+from conftest import load_config, subset_data_dir
 from vqjax import likelihood, quantizer, runs
 from vqjax.configs import tiny_vqvae
 from vqjax.models import build
@@ -351,7 +351,7 @@ def test_vae_samples_with_its_rng_and_decodes_the_mean_without(hand_set_vae):
 def _short_run(name, variant, num_steps, log_every=None):
   """`configs/<name>.py:<variant>` trained `num_steps` on real MNIST, with one
   evaluation and one checkpoint, at the end."""
-  path = real_data_dir()
+  path = subset_data_dir()
   if path is None:
     pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
   config = load_config(name, variant)

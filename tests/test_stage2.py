@@ -16,10 +16,10 @@ from vqjax.train import stage1 as stage1_lib
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """A tiny VQ-VAE (K=32), a prior on it, and a second VQ-VAE with K=16."""
-  from conftest import real_data_dir
-  if real_data_dir() is None:
+  from conftest import subset_data_dir
+  if subset_data_dir() is None:
     pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
-  os.environ["VQJAX_DATA_DIR"] = real_data_dir()
+  os.environ["VQJAX_DATA_DIR"] = subset_data_dir()
   root = tmp_path_factory.mktemp("stage2")
   vqvae_dir, other_dir, prior_dir = (str(root / n) for n in ("vqvae", "other", "prior"))
   config = load_config("mnist_vqvae", "tiny")
@@ -73,13 +73,15 @@ def test_prior_pointed_at_another_vqvae_is_a_clear_error(runs):
 
 def test_pipeline_end_to_end_on_mnist(tmp_path, mnist_dir):
   vqvae_dir, prior_dir = str(tmp_path / "vqvae"), str(tmp_path / "prior")
+  # On the XLA:CPU kernels a CPU run picks by default (`tiny` uses Flax's).
   result = run_python(["train_vqvae.py", "--config=configs/mnist_vqvae.py:tiny",
-                       f"--workdir={vqvae_dir}"])
+                       f"--workdir={vqvae_dir}", "--config.model.kernels=auto"])
   assert result.returncode == 0, result.stderr[-3000:]
   result = run_python(["train_prior.py", "--config=configs/mnist_prior.py:tiny",
                        f"--workdir={prior_dir}",
                        f"--config.vqvae_workdir={vqvae_dir}",
-                       "--config.model.conditional=True"])
+                       "--config.model.conditional=True",
+                       "--config.model.kernels=auto"])
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.exists(os.path.join(prior_dir, "images", "samples_000004.png"))
   result = run_python(["sample.py", f"--workdir={prior_dir}", "--num=10"])

@@ -72,10 +72,10 @@ def test_bottom_prior_depends_on_every_top_code(attention_every):
 
 @pytest.fixture(scope="module")
 def vqvae2_dir(tmp_path_factory):
-  from conftest import real_data_dir
-  if real_data_dir() is None:
+  from conftest import subset_data_dir
+  if subset_data_dir() is None:
     pytest.skip("real MNIST not found: set VQJAX_DATA_DIR")
-  os.environ["VQJAX_DATA_DIR"] = real_data_dir()
+  os.environ["VQJAX_DATA_DIR"] = subset_data_dir()
   workdir = str(tmp_path_factory.mktemp("vqvae2") / "run")
   config = load_config("mnist_vqvae2", "tiny")
   config.train.num_steps = 2

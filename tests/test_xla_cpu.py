@@ -187,6 +187,7 @@ def test_models_built_for_cpu_are_fast_and_direct_modules_are_flax():
   imports no model."""
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   config = load_config("mnist_vqvae", "tiny")
+  config.model.kernels = "auto"
   built = build.stage1(config, out_channels=1)
   assert built.conv.func is xla_cpu.Conv and built.conv.keywords["winograd"]
   assert built.nearest_code is xla_cpu.nearest_code

@@ -26,7 +26,7 @@ from vqjax.models.code_prior import CodePrior
 from vqjax.parallel import AXIS
 from vqjax.runs import TrainedStage1
 from vqjax.train import loop
-from vqjax.train.state import PriorTrainState, make_optimizer
+from vqjax.train.state import PriorTrainState, jit_init, make_optimizer
 
 CODES_FILE = "codes_{split}.npz"
 
@@ -208,7 +208,8 @@ class PriorTask:
     return jnp.asarray(batch["image"], jnp.int32), labels, top_codes
 
   def create_train_state(self, rng, batch) -> PriorTrainState:
-    params = jax.jit(self.model.init)(rng, *self._inputs(batch))["params"]
+    params = jit_init(self.model.init, rng,
+                      *self._inputs(batch))["params"]
     return PriorTrainState.create(
         apply_fn=self.model.apply, params=params,
         tx=make_optimizer(self.config),

@@ -22,7 +22,7 @@ from vqjax.models.vector_quantizer import (DROPOUT_RNG, EMA_COLLECTION,
 from vqjax.models.vqvae import VQVAE, to_float, to_uint8
 from vqjax.parallel import AXIS
 from vqjax.train import loop
-from vqjax.train.state import Stage1TrainState, make_optimizer
+from vqjax.train.state import Stage1TrainState, jit_init, make_optimizer
 
 
 def split_variables(variables) -> tuple[dict, dict]:
@@ -118,7 +118,8 @@ class Stage1Task:
 
   def init_variables(self, rng, x: jax.Array) -> dict:
     """The model's initial variables for float images `x [B, H, W, C]`."""
-    return jax.jit(self.host_model.init)({"params": rng, SAMPLE_RNG: rng}, x)
+    return jit_init(self.host_model.init,
+                    {"params": rng, SAMPLE_RNG: rng}, x)
 
   def create_train_state(self, rng, batch) -> Stage1TrainState:
     x = to_float(jnp.asarray(batch["image"]))
