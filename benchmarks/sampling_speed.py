@@ -67,6 +67,9 @@ def override(config, setting: str) -> None:
 CONFIGS = {
     "prior_7x7_K512": dict(config="mnist_prior", height=7, width=7,
                            channels=1, num_values=512, plain_steps=None),
+    "prior_7x7_K512_attention": dict(config="mnist_prior", variant="attention",
+                                     height=7, width=7, channels=1,
+                                     num_values=512, plain_steps=None),
     "vqvae2_top_7x7_K512": dict(config="mnist_vqvae2_prior", variant="top",
                                 height=7, width=7, channels=1,
                                 num_values=512, plain_steps=None),
