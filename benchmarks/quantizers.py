@@ -118,6 +118,7 @@ def throughput(opts) -> None:
       "train_throughput", os.path.join(ROOT_DIR, "benchmarks",
                                        "train_throughput.py"))
   tt = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = tt  # Its dataclasses look themselves up there.
   spec.loader.exec_module(tt)
   from vqjax import xla_cpu  # pylint: disable=g-import-not-at-top
   base = tt.load_config(CONFIG)
