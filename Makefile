@@ -50,10 +50,10 @@ family: install
 	$(FAMILY) train_vqvae.py --config=configs/mnist_vae.py --workdir=$(RUNS)/vae
 	$(FAMILY) train_vqvae.py --config=configs/mnist_vae.py:ae --workdir=$(RUNS)/ae
 	$(FAMILY) train_vqvae.py --config=configs/mnist_vqvae2.py --workdir=$(RUNS)/vqvae2
-	$(FAMILY) train_prior.py --config=configs/mnist_vqvae2_prior.py \
-	  --workdir=$(RUNS)/vqvae2_top --config.vqvae_workdir=$(RUNS)/vqvae2 --config.level=top
-	$(FAMILY) train_prior.py --config=configs/mnist_vqvae2_prior.py \
-	  --workdir=$(RUNS)/vqvae2_bottom --config.vqvae_workdir=$(RUNS)/vqvae2 --config.level=bottom
+	$(FAMILY) train_prior.py --config=configs/mnist_vqvae2_prior.py:top \
+	  --workdir=$(RUNS)/vqvae2_top --config.vqvae_workdir=$(RUNS)/vqvae2
+	$(FAMILY) train_prior.py --config=configs/mnist_vqvae2_prior.py:bottom \
+	  --workdir=$(RUNS)/vqvae2_bottom --config.vqvae_workdir=$(RUNS)/vqvae2
 	$(FAMILY) sample.py --workdir=$(RUNS)/vqvae2_bottom --top_workdir=$(RUNS)/vqvae2_top --num=64
 	$(FAMILY) evaluate.py --workdir=$(RUNS)/vae
 	$(FAMILY) evaluate.py --workdir=$(RUNS)/ae
