@@ -30,8 +30,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+# Read once, before any test points VQJAX_DATA_DIR at the MNIST subset.
+_DATA_DIR = os.environ.get("VQJAX_DATA_DIR")
+
+
 def real_data_dir() -> str | None:
-  for path in (os.environ.get("VQJAX_DATA_DIR"),
+  for path in (_DATA_DIR,
                os.path.join(REPO, "..", "shared", "data")):
     if path and os.path.isdir(os.path.join(path, "mnist")):
       return os.path.abspath(path)

@@ -22,9 +22,13 @@ _IDX_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _REAL_DOWNLOAD = files.download  # Before the autouse fixture patches it.
 
 
+# Read at collection, before other test files point it at the MNIST subset.
+_DATA_DIR = os.environ.get("VQJAX_DATA_DIR")
+
+
 def _data_root():
   """$VQJAX_DATA_DIR if set, else <repo>/../shared/data."""
-  return os.environ.get("VQJAX_DATA_DIR") or os.path.normpath(
+  return _DATA_DIR or os.path.normpath(
       os.path.join(_REPO, "..", "shared", "data"))
 
 
