@@ -1,10 +1,11 @@
 """The quantizer variants side by side: one stage-1 model, one step budget.
 
-  export VQJAX_DATA_DIR=/work/shared/data
-  python benchmarks/quantizers.py --root=/work/runs_q train      # all runs, one at a time
-  python benchmarks/quantizers.py --root=/work/runs_q evaluate   # evaluate.py on each run
-  python benchmarks/quantizers.py --root=/work/runs_q throughput # step-time ratios
-  python benchmarks/quantizers.py --root=/work/runs_q            # print the table
+  export VQJAX_DATA_DIR=../shared/data
+  python benchmarks/quantizers.py train --root=runs/quantizers  # all runs, one at a time
+  python benchmarks/quantizers.py evaluate --root=runs/quantizers  # evaluate.py on each
+  python benchmarks/quantizers.py throughput --root=runs/quantizers  # step-time ratios
+  python benchmarks/quantizers.py table --root=runs/quantizers  # print the table
+  (`--datasets mnist|fashion_mnist ...` after the command: it takes a list.)
 
 Every variant trains `configs/mnist_vqvae.py` (the same encoder and decoder,
 K=512 and D=64 where they apply, batch 128, Adam 3e-4) for `--steps` steps on
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                       choices=["train", "evaluate", "throughput", "table"])
   parser.add_argument("--root", default=os.path.join(ROOT_DIR, "runs",
                                                      "quantizers"))
-  parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+  parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                      choices=list(DATASETS))
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
                       choices=list(VARIANTS))
   parser.add_argument("--steps", type=int, default=1000,
