@@ -151,6 +151,18 @@ def test_kmeans_finds_well_separated_clusters():
   assert np.all(distance < 0.2), found
 
 
+def test_kmeans_starts_from_given_centres():
+  z = jnp.asarray([[0.0], [1.0], [9.0], [10.0]])
+  init = jnp.asarray([[0.5], [20.0]])
+  np.testing.assert_array_equal(vq.kmeans(z, 2, None, 0, init=init), init)
+  # One Lloyd step: every point is nearer the first centre; the second keeps
+  # its place with no points.
+  np.testing.assert_allclose(vq.kmeans(z, 2, None, 1, init=init),
+                             [[5.0], [20.0]])
+  with pytest.raises(ValueError, match=r"init must be \[num_codes, D\]"):
+    vq.kmeans(z, 3, None, 1, init=init)
+
+
 def test_functions_are_jittable(z_and_codebook):
   z, codebook = z_and_codebook
   out = jax.jit(vq.quantize)(z, codebook)

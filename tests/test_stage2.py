@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -114,3 +115,42 @@ def test_pipeline_end_to_end_on_mnist(tmp_path, mnist_dir):
   assert "FID" in result.stdout
   records = [json.loads(l) for l in open(os.path.join(prior_dir, "metrics.jsonl"))]
   assert any(r["split"] == "test" and "bits" in r for r in records)
+
+
+def test_cluster_conditioned_prior_trains_samples_and_pays_for_its_cluster(
+    runs, tmp_path):
+  from vqjax import clusters, configs, generate
+  prior_dir = str(tmp_path / "clustered")
+  config = load_config("mnist_prior", "tiny")
+  config.vqvae_workdir = runs["vqvae"]
+  config.model.num_clusters = 3
+  config.eval.num_samples = 2
+  metrics = prior_lib.train_and_evaluate(config, prior_dir)
+  meta, _ = checkpoint.Checkpointer(prior_dir).restore_meta()
+  assert meta["num_clusters"] == meta["num_classes"] == 3
+  with np.load(os.path.join(prior_dir, clusters.CLUSTERS_FILE)) as cached:
+    counts, test_labels = cached["counts"], cached["labels_test"]
+  assert meta["cluster_counts"] == counts.tolist()
+  assert sum(counts) == len(np.load(os.path.join(
+      prior_dir, "codes_train.npz"))["codes"])
+  # The cluster's cost, -log p(c) of each test image, is part of the bits.
+  expected = -np.mean(clusters.log_probs(counts)[test_labels]) / np.log(2) / 49
+  assert metrics["cluster_bits"] == pytest.approx(expected, rel=1e-4)
+  assert metrics["bits"] > metrics["cluster_bits"] > 0
+  restored = runs_lib.restore_prior(prior_dir)
+  assert restored.model.num_classes == 3
+  np.testing.assert_array_equal(restored.cluster_counts, counts)
+  pictures, samples = generate.prior_samples(restored, jax.random.PRNGKey(0), 4)
+  assert samples.shape == (4, 7, 7, 1) and pictures.shape == (4, 28, 28, 1)
+  assert os.path.exists(os.path.join(prior_dir, "images",
+                                     "samples_000004.png"))
+  # Resuming with another number of clusters is refused, the run kept.
+  config.model.num_clusters = 4
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="model.num_clusters=3"):
+    prior_lib.train_and_evaluate(config, prior_dir)
+  assert checkpoint.Checkpointer(prior_dir).latest_step() == 4
+  config.model.num_clusters = 3
+  config.model.conditional = True
+  with pytest.raises(configs.ConfigError, match="instead of labels"):
+    prior_lib.PriorTask(config, str(tmp_path / "both"))

@@ -96,6 +96,15 @@ def test_prior_level_must_name_a_code_grid(vqvae2_dir, level, match):
     prior_lib.PriorTask(config, vqvae2_dir + "_prior")
 
 
+def test_clusters_belong_in_the_top_prior(vqvae2_dir):
+  config = load_config("mnist_vqvae2_prior", "tiny")
+  config.vqvae_workdir = vqvae2_dir
+  config.level = "bottom"
+  config.model.num_clusters = 4
+  with pytest.raises(ConfigError, match="clusters belong in the top"):
+    prior_lib.PriorTask(config, vqvae2_dir + "_prior")
+
+
 def test_bottom_prior_trains_on_bottom_codes_given_top_codes(vqvae2_dir,
                                                               tmp_path):
   config = load_config("mnist_vqvae2_prior", "tiny")
@@ -119,11 +128,14 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
                        f"--workdir={stage1}", "--config.train.num_steps=2",
                        "--config.eval.every=2", "--config.checkpoint.every=2"])
   assert result.returncode == 0, result.stderr[-3000:]
-  for level, workdir in (("top", top), ("bottom", bottom)):
+  # The top prior conditioned on k-means clusters of the top codes: the
+  # two-stage sampler draws a cluster first.
+  for level, workdir, clusters in (("top", top, 3), ("bottom", bottom, 0)):
     result = run_python(["train_prior.py",
                          "--config=configs/mnist_vqvae2_prior.py:tiny",
                          f"--workdir={workdir}", f"--config.vqvae_workdir={stage1}",
-                         f"--config.level={level}"])
+                         f"--config.level={level}",
+                         f"--config.model.num_clusters={clusters}"])
     assert result.returncode == 0, result.stderr[-3000:]
   result = run_python(["sample.py", f"--workdir={top}", "--num=4"])
   assert result.returncode == 2 and "--top_workdir" in result.stderr
@@ -140,6 +152,7 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
       == (2, 8, 14, 14, 1)
   assert os.path.exists(os.path.join(out, "same_top_new_bottom_step000004.png"))
   top_prior, bottom_prior = runs.restore_prior(top), runs.restore_prior(bottom)
+  assert len(top_prior.cluster_counts) == 3 and bottom_prior.num_classes == 0
   bound = evaluation.likelihood_bound(bottom_prior.vqvae,
                                       (top_prior, bottom_prior))
   # Reconstruction bits plus both priors' logged test NLLs (4 training steps

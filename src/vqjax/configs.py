@@ -222,6 +222,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.kernel_size = 5
   config.model.head_features = 128
   config.model.conditional = False  # class-conditional on the dataset labels
+  config.model.num_clusters = 0     # C >= 2: conditional on k-means clusters of the training codes, no labels (vqjax.clusters)
   config.model.cond_features = 64   # bottom level: width of the top-code conditioning map
   config.model.attention_every = 0  # n > 0: causal self-attention after every n-th gated layer (codes only)
   config.model.attention_heads = 4

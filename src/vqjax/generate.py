@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax import data, images, quantizer, sampling
+from vqjax import clusters, data, images, quantizer, sampling
 from vqjax.configs import ConfigError
 from vqjax.runs import TrainedPrior, restore_prior, samples_to_images
 
@@ -21,9 +21,11 @@ from vqjax.runs import TrainedPrior, restore_prior, samples_to_images
 def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
                   temperature: float = 1.0, labels: np.ndarray | None = None,
                   method: str = "cached") -> tuple[np.ndarray, np.ndarray]:
-  """Ancestral samples from the prior (decoded by the VQ-VAE if it has one)."""
-  if prior.num_classes and labels is None:
-    labels = np.arange(num) % prior.num_classes
+  """Ancestral samples from the prior (decoded by the VQ-VAE if it has one).
+  Without `labels`, a class-conditional prior cycles through its classes and
+  a cluster-conditioned one draws its clusters (`draw_labels`)."""
+  if labels is None:
+    key, labels = draw_labels(prior, key, num)
   samples = sampling.sample(
       prior.model, prior.variables, key, (num,) + prior.sample_shape,
       temperature, labels=None if labels is None else jnp.asarray(labels, jnp.int32),
@@ -32,9 +34,24 @@ def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
   return samples_to_images(samples, prior.vqvae), samples
 
 
+def draw_labels(prior: TrainedPrior, key: jax.Array, num: int
+                ) -> tuple[jax.Array, np.ndarray | None]:
+  """`num` labels to sample a conditional prior with, and the key left for
+  the samples: classes in turn, or clusters drawn in their training
+  proportions (which takes a split of `key`); None for an unconditional
+  prior (`key` unchanged)."""
+  if prior.cluster_counts is not None:
+    key, k_labels = jax.random.split(key)
+    return key, np.asarray(clusters.draw(k_labels, prior.cluster_counts, num))
+  if prior.num_classes:
+    return key, np.arange(num) % prior.num_classes
+  return key, None
+
+
 def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
                temperature: float = 1.0, method: str = "cached"):
-  """A row of `per_class` samples for every class (class-conditional priors)."""
+  """A row of `per_class` samples for every class (or cluster) of a
+  conditional prior."""
   labels = np.repeat(np.arange(prior.num_classes), per_class)
   return prior_samples(prior, key, len(labels), temperature, labels, method)
 
@@ -130,8 +147,10 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
                                        method=method))
   if prior.num_classes:
     per_class = max(1, num // prior.num_classes)
-    save("class_conditional", *class_rows(prior, keys[1], per_class,
-                                          temperature, method), per_class)
+    mode = ("cluster_conditional" if prior.cluster_counts is not None
+            else "class_conditional")
+    save(mode, *class_rows(prior, keys[1], per_class, temperature, method),
+         per_class)
   if prior.vqvae is not None:
     save("random_codes", *random_codes(prior, keys[2], num))
   if prior.vqvae is not None and \
@@ -204,8 +223,10 @@ def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
   "bottom": [N, h_b, w_b, C_codes]}`).
   """
   k_top, k_bottom = jax.random.split(key)
+  k_top, labels = draw_labels(top, k_top, num)
   top_codes = np.asarray(sampling.sample(
       top.model, top.variables, k_top, (num,) + top.sample_shape, temperature,
+      labels=None if labels is None else jnp.asarray(labels, jnp.int32),
       method=method))
   codes = {"top": top_codes,
            "bottom": sample_bottom(bottom, k_bottom, top_codes, temperature,

@@ -286,7 +286,16 @@ class TrainedPrior:
 
   @property
   def num_classes(self) -> int:
+    """Classes (or clusters) the prior is conditioned on; 0 if none."""
     return int(self.meta.get("num_classes") or 0)
+
+  @property
+  def cluster_counts(self) -> np.ndarray | None:
+    """`[C]` training examples per cluster of a cluster-conditioned prior
+    (`vqjax.clusters`), which samples its clusters in these proportions;
+    None otherwise."""
+    counts = self.meta.get("cluster_counts")
+    return None if counts is None else np.asarray(counts, np.int64)
 
 
 def _ema_params(workdir: str, step: int) -> dict:

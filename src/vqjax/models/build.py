@@ -157,7 +157,8 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
     config: the run's config (`model.features`, `num_layers`, ...).
     num_values: V (K codes, or 256 for pixels).
     num_channels: C of the grid.
-    num_classes: the labels' classes; used iff `model.conditional`.
+    num_classes: the labels' classes, used iff `model.conditional`, or the
+      clusters' (`model.num_clusters`, `vqjax.clusters`).
     top_num_codes: > 0 for a VQ-VAE-2's bottom prior: K of its top codes,
       which it is conditioned on through a `model.cond_features`-wide map.
     top_upsamples: the top grid's downsampling relative to the bottom grid.
@@ -176,7 +177,7 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
       num_values=num_values, num_channels=num_channels, features=m.features,
       num_layers=m.num_layers, kernel_size=m.kernel_size,
       head_features=m.head_features,
-      num_classes=num_classes if m.conditional else 0,
+      num_classes=num_classes if m.conditional or m.num_clusters else 0,
       attention_every=m.attention_every, attention_heads=m.attention_heads,
       dropout=m.dropout,
       top_num_codes=top_num_codes, top_upsamples=top_upsamples,

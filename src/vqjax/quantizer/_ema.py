@@ -351,7 +351,8 @@ def ema_codebook(decay: float = 0.99, epsilon: float = 1e-5,
 
 
 def kmeans(z: jax.Array, num_codes: int, key: jax.Array, num_iters: int = 10,
-           axis_name: str | None = None, *, cosine: bool = False) -> jax.Array:
+           axis_name: str | None = None, *, cosine: bool = False,
+           init: jax.Array | None = None) -> jax.Array:
   """Lloyd's k-means on a batch of vectors, for initialising a codebook.
 
   Centres start at distinct random vectors of the (global) batch; a centre
@@ -368,6 +369,8 @@ def kmeans(z: jax.Array, num_codes: int, key: jax.Array, num_iters: int = 10,
     cosine: spherical k-means (for a cosine codebook): the vectors are
       l2-normalised, assignments use cosine similarity and each centre is its
       points' normalised mean.
+    init: optional [K, D] starting centres (e.g. k-means++ seeds), identical
+      across devices; `key` is then unused.
 
   Returns:
     [K, D] float32 centres.
@@ -394,8 +397,16 @@ def kmeans(z: jax.Array, num_codes: int, key: jax.Array, num_iters: int = 10,
   if cosine:
     z = l2_normalize(z)
   n = z.shape[0]
-  picks = jax.random.choice(key, n, (num_codes,), replace=n < num_codes)
-  centres = z[picks]
+  if init is None:
+    picks = jax.random.choice(key, n, (num_codes,), replace=n < num_codes)
+    centres = z[picks]
+  else:
+    if init.shape != (num_codes, dim):
+      raise ValueError(f"{fn}: init must be [num_codes, D] = "
+                       f"{[num_codes, dim]}; got {list(init.shape)}.")
+    centres = jnp.asarray(init, jnp.float32)
+    if cosine:
+      centres = l2_normalize(centres)
 
   def step(_, centres):
     assign = nearest_code(z, centres)

@@ -8,6 +8,7 @@ model learns p(pixels) with 256 values per channel.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from vqjax import data, images, runs, sampling
+from vqjax import clusters, data, images, runs, sampling
 from vqjax.configs import ConfigError
 from vqjax.models import build
 from vqjax.models.code_prior import CodePrior
@@ -104,6 +105,24 @@ def resolve_level(level: str, vqvae: TrainedStage1) -> str:
   return level
 
 
+def check_num_clusters(config: ml_collections.ConfigDict,
+                       level: str | None) -> int:
+  """`config.model.num_clusters`, checked against the rest of the config."""
+  num = config.model.num_clusters
+  if isinstance(num, bool) or int(num) != num or num < 0 or num == 1:
+    raise ConfigError(f"--config.model.num_clusters={num!r} must be 0 (off) "
+                      "or an int >= 2.")
+  if num and config.model.conditional:
+    raise ConfigError("--config.model.num_clusters conditions the prior on "
+                      "clusters instead of labels; set it to 0 or "
+                      "--config.model.conditional=False.")
+  if num and level == "bottom":
+    raise ConfigError("A bottom-level prior is conditioned on the top codes; "
+                      "set --config.model.num_clusters=0 (clusters belong in "
+                      "the top-level prior).")
+  return int(num)
+
+
 class PriorTask:
   """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats).
 
@@ -150,7 +169,8 @@ class PriorTask:
                           "--config.vqvae_workdir (a VQ-VAE-2 run); leave "
                           "both unset for raw pixels.")
     labelled = self._images["train"] if self._images else self.train_data
-    self.num_classes = labelled.num_classes
+    self.num_clusters = check_num_clusters(config, self.level)
+    self.num_classes = self.num_clusters or labelled.num_classes
     if config.model.conditional and self.num_classes == 0:
       raise ConfigError(f"--config.model.conditional=True needs labels, but "
                         f"{config.data.name!r} has none.")
@@ -165,11 +185,39 @@ class PriorTask:
                         "must be in [0, 1) (0: no moving average).")
     self._dropout_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
-  def _split(self, split: str) -> data.Dataset:
+  def _unclustered(self, split: str) -> data.Dataset:
     if self.vqvae is None:
       return self._images[split]
     return cached_codes(self.vqvae, self._images[split], split, self.workdir,
                         self.level)
+
+  def _split(self, split: str) -> data.Dataset:
+    dataset = self._unclustered(split)
+    if not self.num_clusters:
+      return dataset
+    return dataclasses.replace(dataset, labels=self.clusters.labels[split],
+                               num_classes=self.num_clusters)
+
+  @functools.cached_property
+  def clusters(self) -> clusters.Clusters | None:
+    """With `model.num_clusters`: the k-means clusters the prior is
+    conditioned on, fitted on the training split's codes (or pixels)."""
+    if not self.num_clusters:
+      return None
+
+    def features():
+      splits = {s: self._unclustered(s).images for s in ("train", "test")}
+      if self.vqvae is None:
+        return {s: clusters.pixel_features(x) for s, x in splits.items()}
+      tables = self.vqvae.code_tables(self.level)
+      return {s: clusters.code_features(tables, x) for s, x in splits.items()}
+
+    data_config = self.config.data
+    source = (f"{self.vqvae.workdir}@{self.vqvae.step}:{self.level}"
+              if self.vqvae else
+              f"{data_config.name}:{data_config.dir}:{data_config.image_size}")
+    return clusters.cached_fit(self.workdir, source,
+                               features, self.num_clusters, self.config.seed)
 
   @functools.cached_property
   def train_data(self) -> data.Dataset:
@@ -196,14 +244,16 @@ class PriorTask:
   def checkpoint_meta(self) -> dict:
     return {"kind": "prior", "num_values": self.num_values,
             "grid_shape": list(self.sample_shape),
-            "num_classes": self.num_classes if self.config.model.conditional
-            else 0,
+            "num_classes": self.model.num_classes,
+            "num_clusters": self.num_clusters,
+            "cluster_counts": (self.clusters.counts.tolist() if self.clusters
+                               else None),
             "vqvae": runs.link_of(self.vqvae) if self.vqvae else None,
             "level": self.level, "ema": bool(self.config.train.ema_decay)}
 
   def _inputs(self, batch) -> tuple:
     """`(x, labels, top_codes)` of a batch for `CodePrior.__call__`."""
-    labels = batch["label"] if self.config.model.conditional else None
+    labels = batch["label"] if self.model.num_classes else None
     top_codes = batch["cond"] if self.model.top_num_codes else None
     return jnp.asarray(batch["image"], jnp.int32), labels, top_codes
 
@@ -252,11 +302,16 @@ class PriorTask:
     average, if kept) and, with an average, of the last parameters."""
     # The inference model: direct convolutions, exactly causal.
     mask = batch["mask"]
-    nll = self._nll(self.eval_model, state.eval_params(), batch)
-    sums = {"nll": jnp.sum(nll * mask), "count": jnp.sum(mask)}
+    # A cluster-conditioned prior also pays for its cluster, log p(c).
+    cluster_nll = (-jnp.asarray(clusters.log_probs(self.clusters.counts))[
+        batch["label"]] if self.clusters else jnp.zeros(mask.shape))
+    nll = self._nll(self.eval_model, state.eval_params(), batch) + cluster_nll
+    sums = {"nll": jnp.sum(nll * mask), "count": jnp.sum(mask),
+            "cluster_nll": jnp.sum(cluster_nll * mask)}
     if state.ema_params is not None:
       sums["nll_last"] = jnp.sum(
-          self._nll(self.eval_model, state.params, batch) * mask)
+          (self._nll(self.eval_model, state.params, batch) + cluster_nll)
+          * mask)
     return lax.psum(sums, AXIS)
 
   def summarize_eval(self, sums) -> dict[str, float]:
@@ -265,6 +320,8 @@ class PriorTask:
     nats = per_code(sums["nll"])
     metrics = {"nll_nats": nats, "bits": nats / math.log(2.0),
                "uniform_bits": math.log2(self.num_values)}
+    if self.num_clusters:  # the part of `bits` spent on the cluster
+      metrics["cluster_bits"] = per_code(sums["cluster_nll"]) / math.log(2.0)
     if "nll_last" in sums:  # the parameters before averaging
       metrics["bits_without_ema"] = per_code(sums["nll_last"]) / math.log(2.0)
     return metrics
@@ -281,11 +338,15 @@ class PriorTask:
     if self.level == "bottom":
       top = self.test_data.conditions[:n]
       n = len(top)
-    labels = (jnp.arange(n, dtype=jnp.int32) % self.num_classes
-              if self.config.model.conditional else None)
+    key = jax.random.PRNGKey(step)
+    labels = None
+    if self.clusters:
+      key, k_labels = jax.random.split(key)
+      labels = clusters.draw(k_labels, self.clusters.counts, n)
+    elif self.config.model.conditional:
+      labels = jnp.arange(n, dtype=jnp.int32) % self.num_classes
     samples = np.asarray(sampling.sample(
-        self.eval_model, {"params": state.eval_params()},
-        jax.random.PRNGKey(step),
+        self.eval_model, {"params": state.eval_params()}, key,
         (n,) + self.sample_shape, self.config.sample.temperature,
         labels=labels, top_codes=top, method=self.config.sample.method))
     if top is not None:
