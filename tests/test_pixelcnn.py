@@ -23,6 +23,15 @@ def _apply(model, params, *args, method=None):
   return jax.jit(functools.partial(model.apply, method=method))(params, *args)
 
 
+def _assert_every_logit_reads_label_and_cond(model, params, x, labels, cond):
+  """Another label, or another spatial condition, changes every logit."""
+  logits = _apply(model, params, x, labels, cond)
+  other_label = _apply(model, params, x, jnp.array([2]), cond)
+  other_cond = _apply(model, params, x, labels, cond + 1.0)
+  assert np.abs(logits - other_label).min() > 0
+  assert np.abs(logits - other_cond).min() > 0
+
+
 def _dependencies(model, params, labels=None, cond=None, seed=0):
   """dep[p, q] = |d logits at raster index p / d one-hot at q|, summed.
 
@@ -116,11 +125,7 @@ def test_conditioning_is_causal_and_matters():
   dep = _dependencies(model, params, labels, cond)
   _check_causal(dep, _receptive_field(c, 2, 3))
 
-  logits = _apply(model, params, x, labels, cond)
-  other_label = _apply(model, params, x, jnp.array([2]), cond)
-  other_cond = _apply(model, params, x, labels, cond + 1.0)
-  assert np.abs(logits - other_label).min() > 0
-  assert np.abs(logits - other_cond).min() > 0
+  _assert_every_logit_reads_label_and_cond(model, params, x, labels, cond)
 
 
 def test_missing_conditioning_raises():
@@ -245,11 +250,7 @@ def test_attention_is_causal_and_sees_every_earlier_position():
       np.ones((n, n), bool), k=-1))  # the convolutions alone miss some
   assert np.all((dep > 0) == np.tril(np.ones((n, n), bool), k=-1))
 
-  logits = _apply(model, params, x, labels, cond)
-  other_label = _apply(model, params, x, jnp.array([2]), cond)
-  other_cond = _apply(model, params, x, labels, cond + 1.0)
-  assert np.abs(logits - other_label).min() > 0
-  assert np.abs(logits - other_cond).min() > 0
+  _assert_every_logit_reads_label_and_cond(model, params, x, labels, cond)
 
 
 def test_attention_needs_one_channel():

@@ -41,6 +41,20 @@ def _chisquare_pvalue(counts, probs, min_expected=5.0):
   return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
 
+def _assert_cached_equals_plain(model, params, key, shape, temperature, labels,
+                                cond):
+  """The cached and plain samplers draw the same samples for one key, and
+  the logits each saw are the full model's on the finished samples."""
+  draws = [sample_with_logits(model, params, key, shape,
+                              temperature=temperature, labels=labels,
+                              cond=cond, method=method)
+           for method in ("cached", "plain")]
+  np.testing.assert_array_equal(draws[0][0], draws[1][0])
+  full = jax.jit(model.apply)(params, draws[0][0], labels, cond)
+  for _, logits in draws:
+    np.testing.assert_allclose(logits, full, atol=1e-4)
+
+
 @pytest.mark.parametrize("method,grid", [
     ("plain", (2, 2, 1, 3)),
     ("cached", (2, 2, 1, 3)),
@@ -111,16 +125,7 @@ def test_cached_sampler_matches_full_forward(num_channels, conditioned,
                          seed=1, logit_scale=3.0)
   key = jax.random.key(7)
 
-  cached, cached_logits = sample_with_logits(
-      model, params, key, shape, temperature=0.8, labels=labels, cond=cond,
-      method="cached")
-  plain, plain_logits = sample_with_logits(
-      model, params, key, shape, temperature=0.8, labels=labels, cond=cond,
-      method="plain")
-  np.testing.assert_array_equal(cached, plain)
-  full = jax.jit(model.apply)(params, cached, labels, cond)
-  np.testing.assert_allclose(cached_logits, full, atol=1e-4)
-  np.testing.assert_allclose(plain_logits, full, atol=1e-4)
+  _assert_cached_equals_plain(model, params, key, shape, 0.8, labels, cond)
 
 
 def test_invalid_arguments():
@@ -210,12 +215,4 @@ def test_cached_sampler_with_attention_matches_full_forward(conditioned):
                          seed=2, logit_scale=3.0)
   assert {"attention_1"} <= set(params["params"])
   key = jax.random.key(3)
-  cached, cached_logits = sample_with_logits(
-      model, params, key, shape, temperature=0.9, labels=labels, cond=cond,
-      method="cached")
-  plain, _ = sample_with_logits(
-      model, params, key, shape, temperature=0.9, labels=labels, cond=cond,
-      method="plain")
-  np.testing.assert_array_equal(cached, plain)
-  full = jax.jit(model.apply)(params, cached, labels, cond)
-  np.testing.assert_allclose(cached_logits, full, atol=1e-4)
+  _assert_cached_equals_plain(model, params, key, shape, 0.9, labels, cond)
