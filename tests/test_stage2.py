@@ -144,6 +144,11 @@ def test_cluster_conditioned_prior_trains_samples_and_pays_for_its_cluster(
   assert samples.shape == (4, 7, 7, 1) and pictures.shape == (4, 28, 28, 1)
   assert os.path.exists(os.path.join(prior_dir, "images",
                                      "samples_000004.png"))
+  out = str(tmp_path / "samples")
+  generate.write_all(restored, out, num=4)
+  # A row of 2 for each of the 2 largest clusters.
+  assert np.load(os.path.join(
+      out, "cluster_conditional_step000004.npy")).shape == (4, 7, 7, 1)
   # Resuming with another number of clusters is refused, the run kept.
   config.model.num_clusters = 4
   with pytest.raises(checkpoint.CheckpointError,

@@ -49,10 +49,13 @@ def draw_labels(prior: TrainedPrior, key: jax.Array, num: int
 
 
 def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
-               temperature: float = 1.0, method: str = "cached"):
-  """A row of `per_class` samples for every class (or cluster) of a
-  conditional prior."""
-  labels = np.repeat(np.arange(prior.num_classes), per_class)
+               temperature: float = 1.0, method: str = "cached",
+               classes: np.ndarray | None = None):
+  """A row of `per_class` samples for each of `classes` (default: every
+  class, or cluster, of a conditional prior)."""
+  if classes is None:
+    classes = np.arange(prior.num_classes)
+  labels = np.repeat(classes, per_class)
   return prior_samples(prior, key, len(labels), temperature, labels, method)
 
 
@@ -145,12 +148,14 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
 
   save("prior_samples", *prior_samples(prior, keys[0], num, temperature,
                                        method=method))
-  if prior.num_classes:
+  if prior.cluster_counts is not None:  # the `cols` largest clusters
+    largest = np.argsort(-prior.cluster_counts, kind="stable")[:cols]
+    save("cluster_conditional", *class_rows(prior, keys[1], cols, temperature,
+                                            method, largest), cols)
+  elif prior.num_classes:
     per_class = max(1, num // prior.num_classes)
-    mode = ("cluster_conditional" if prior.cluster_counts is not None
-            else "class_conditional")
-    save(mode, *class_rows(prior, keys[1], per_class, temperature, method),
-         per_class)
+    save("class_conditional", *class_rows(prior, keys[1], per_class,
+                                          temperature, method), per_class)
   if prior.vqvae is not None:
     save("random_codes", *random_codes(prior, keys[2], num))
   if prior.vqvae is not None and \
