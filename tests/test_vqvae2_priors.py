@@ -121,7 +121,8 @@ def test_bottom_prior_trains_on_bottom_codes_given_top_codes(vqvae2_dir,
   assert batch["cond"].shape == (4, 7, 7, 1)
 
 
-def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
+def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir,
+                                                           monkeypatch):
   """The whole VQ-VAE-2 pipeline through its command lines."""
   stage1, top, bottom = (str(tmp_path / n) for n in ("vqvae2", "top", "bottom"))
   result = run_python(["train_vqvae.py", "--config=configs/mnist_vqvae2.py:tiny",
@@ -165,6 +166,13 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir):
       bound["reconstruction only"] + nats / (28 * 28 * np.log(2.0)),
       rtol=1e-6)
   assert bound["with the PixelCNN priors"] > bound["reconstruction only"]
+  monkeypatch.setenv("VQJAX_CACHE_DIR", str(tmp_path / "cache"))
+  report = evaluation.evaluate_run(bottom, num=8, classifier_steps=2,
+                                   top_workdir=top)
+  assert {"prior samples (T=1)", "bottom prior on test top codes (T=1)",
+          "test reconstructions"} <= set(report["sets"])
+  assert report["sets"]["bottom prior on test top codes (T=1)"][
+      "num_images"] == 8
 
 
 def test_cifar_shaped_vqvae2_trains_on_colour_images(tmp_path):

@@ -8,8 +8,10 @@ the test split (FID on this classifier) and its class probabilities the
 Inception-score analogue and the predicted-class histogram
 (`vqjax.metrics`). `evaluate_run` scores what a run makes: a VQ-VAE run's
 test reconstructions; a prior run's samples, its VQ-VAE's decodings of
-uniformly random codes and test reconstructions; and, as the floor, real
-training images against the test split.
+uniformly random codes and test reconstructions (for a VQ-VAE-2 also the
+bottom prior's samples given the test images' top codes, which tells a bad
+top prior from a bad bottom one); and, as the floor, real training images
+against the test split.
 """
 
 from __future__ import annotations
@@ -203,6 +205,11 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
     sets["test reconstructions"] = _in_chunks(
         lambda start, n: np.asarray(vqvae.reconstruct(
             originals[start:start + n])), len(originals))
+  if len(priors) == 2:  # Which prior the samples' failures come from.
+    sets[f"bottom prior on test top codes (T={temperature:g})"] = _in_chunks(
+        lambda start, n: generate.same_top_new_bottom(
+            priors[1], originals[start:start + n], keys[start // 500], 1,
+            temperature)[0][2 * n:], len(originals))
   sets["train images (floor)"] = _subset(data.load(data_config, "train"),
                                          num, seed)
   sets["test images"] = _subset(test, num, seed)
