@@ -5,13 +5,15 @@
   python train_prior.py --config=configs/mnist_prior.py:attention ...
   python train_prior.py --config=configs/mnist_prior.py:conditional ...  # make demo
 
-The default is unconditional: 6000 steps at learning rate 2e-3, dropout 0.1
-in the gated layers, samples and evaluation from a moving average of the
+The default uses no labels: it is conditioned on 128 k-means clusters of the
+training codes (`model.num_clusters`, vqjax/clusters.py; a sample draws its
+cluster first), trains 5000 steps at learning rate 2e-3 with dropout 0.1 in
+the gated layers, and samples and evaluates with a moving average of the
 parameters (decay 0.999). `attention` adds a causal self-attention block after
-every 4th gated layer (30% more time a step). `conditional` conditions on the
-class label, trains 4000 steps without dropout or averaging: the prior
-`make demo` ships. docs/results.md ("Sample quality") has what each choice
-measured.
+every 4th gated layer (30% more time a step) and trains 4500 steps.
+`conditional` conditions on the class label instead, trains 4000 steps
+without dropout or averaging: the prior `make demo` ships. docs/results.md
+("Sample quality") has what each choice measured.
 """
 
 from vqjax.configs import prior_defaults, tiny_prior
@@ -21,13 +23,16 @@ def get_config(variant: str = ""):
   config = prior_defaults()
   config.vqvae_workdir = "runs/vqvae"
   config.train.learning_rate = 2e-3
-  config.train.num_steps = 6000
+  config.train.num_steps = 5000
   config.train.ema_decay = 0.999
   config.model.dropout = 0.1
+  config.model.num_clusters = 128
   if variant == "attention":
     config.model.attention_every = 4
+    config.train.num_steps = 4500
   elif variant == "conditional":
     config.model.conditional = True
+    config.model.num_clusters = 0
     config.train.num_steps = 4000
     config.train.ema_decay = 0.0
     config.model.dropout = 0.0
@@ -35,6 +40,7 @@ def get_config(variant: str = ""):
     tiny_prior(config)
     config.train.ema_decay = 0.0
     config.model.dropout = 0.0
+    config.model.num_clusters = 0
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of mnist_prior.py; use '', "
                      "'attention', 'conditional' or 'tiny'.")

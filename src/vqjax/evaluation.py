@@ -226,12 +226,13 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
 def format_report(report: dict) -> str:
   """The numbers of `evaluate_run` as a small table."""
   c = report["classifier"]
+  width = max([28] + [len(name) + 1 for name in report["sets"]])
   lines = [f"classifier on {c['dataset']}: test accuracy "
            f"{100 * c['test_accuracy']:.2f}% ({c['cache']})",
-           f"{'images':<28}{'FID':>10}{'IS':>8}  predicted classes (%)"]
+           f"{'images':<{width}}{'FID':>10}{'IS':>8}  predicted classes (%)"]
   for name, score in report["sets"].items():
     histogram = " ".join(f"{100 * f:.0f}" for f in score["class_histogram"])
-    lines.append(f"{name:<28}{score['fid']:>10.3f}"
+    lines.append(f"{name:<{width}}{score['fid']:>10.3f}"
                  f"{score['inception_score']:>8.3f}  {histogram}")
   bound = report.get("bits_per_dim")
   if bound:
