@@ -41,7 +41,9 @@ def test_prior_configs_build(name, variant):
   model = build.code_prior(config, num_values=256, num_channels=1,
                            num_classes=10)
   assert model.features == config.model.features
-  assert (model.num_classes == 10) == config.model.conditional
+  # The class input holds the labels' classes or the clusters'.
+  assert (model.num_classes == 10) == bool(config.model.conditional or
+                                           config.model.num_clusters)
 
 
 @pytest.mark.parametrize("name", ["mnist_vqvae", "mnist_prior",
