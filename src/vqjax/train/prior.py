@@ -126,9 +126,11 @@ def check_num_clusters(config: ml_collections.ConfigDict,
 class PriorTask:
   """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats).
 
-  With `train.ema_decay > 0` the state keeps an exponential moving average of
-  the parameters (`PriorTrainState`), which evaluation, the pictures and
-  `runs.restore_prior` use. With `model.dropout > 0` each training example
+  With `model.num_clusters = C` it learns p(codes | c) for the k-means
+  cluster c of each code grid (`vqjax.clusters`), and its test NLL adds
+  -log p(c). With `train.ema_decay > 0` the state keeps an exponential
+  moving average of the parameters (`PriorTrainState`), which evaluation,
+  the pictures and `runs.restore_prior` use. With `model.dropout > 0` each training example
   draws its dropout masks from a key folded from the seed, the step and its
   index in the global batch, so a resumed run and a run on any number of
   devices draw the same masks.
@@ -201,8 +203,10 @@ class PriorTask:
   @functools.cached_property
   def clusters(self) -> clusters.Clusters | None:
     """With `model.num_clusters`: the k-means clusters the prior is
-    conditioned on, fitted on the training split's codes (or pixels)."""
-    if not self.num_clusters:
+    conditioned on, fitted on the training split's codes (or pixels). None
+    for datasets given to the constructor, whose labels are taken as the
+    clusters."""
+    if not self.num_clusters or not self._images:
       return None
 
     def features():
