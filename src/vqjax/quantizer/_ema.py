@@ -355,10 +355,11 @@ def kmeans(z: jax.Array, num_codes: int, key: jax.Array, num_iters: int = 10,
            init: jax.Array | None = None) -> jax.Array:
   """Lloyd's k-means on a batch of vectors, for initialising a codebook.
 
-  Centres start at distinct random vectors of the (global) batch; a centre
-  that loses all its points keeps its previous position. Every device gathers
-  the global batch and runs the same iterations, so the centres are those one
-  device computes on the global batch, identical on every device.
+  Centres start at distinct random vectors of the (global) batch, or at
+  `init`; a centre that loses all its points keeps its previous position.
+  Every device gathers the global batch and runs the same iterations, so the
+  centres are those one device computes on the global batch, identical on
+  every device.
 
   Args:
     z: [..., D] vectors (local batch; gathered over `axis_name` if given).
