@@ -101,27 +101,33 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
   for setting in settings:
     override(config, setting)
   top = cfg.get("top")
-  model = build.code_prior(config, cfg["num_values"], c,
+  # A class- or cluster-conditioned prior samples with its class input.
+  num_classes = config.model.num_clusters or (10 if config.model.conditional
+                                              else 0)
+  model = build.code_prior(config, cfg["num_values"], c, num_classes,
                            top_num_codes=cfg["num_values"] if top else 0,
                            top_upsamples=1 if top else 0, inference=True)
   shape = (batch, h, w, c)
   top_codes = (jax.random.randint(jax.random.key(1), (batch, *top, 1), 0,
                                   cfg["num_values"]) if top else None)
+  labels = (jnp.arange(batch, dtype=jnp.int32) % num_classes if num_classes
+            else None)
   # Parameter values do not matter for speed; an "rbg" key compiles faster.
   params = jax.jit(model.init)(
       jax.random.key(0, impl="rbg"), jnp.zeros((1, h, w, c), jnp.int32),
+      None if labels is None else labels[:1],
       top_codes=None if top is None else top_codes[:1])
   key = jax.random.key(0)
   total_steps = h * w * c
 
   cached_compile, cached_s = _time(
       lambda: sampling.sample(model, params, key, shape, method="cached",
-                              top_codes=top_codes),
+                              labels=labels, top_codes=top_codes),
       repeats)
 
   steps = total_steps if plain_steps is None else min(plain_steps, total_steps)
   plain_compile, plain_run_s = _time(
-      lambda: sampling._run(model, params, key, shape, 1.0, None, None,
+      lambda: sampling._run(model, params, key, shape, 1.0, labels, None,
                             "plain", top_codes, False, return_logits=False,
                             num_steps=steps)[0],
       plain_repeats)
