@@ -206,10 +206,17 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
         lambda start, n: np.asarray(vqvae.reconstruct(
             originals[start:start + n])), len(originals))
   if len(priors) == 2:  # Which prior the samples' failures come from.
+
+    def bottom_given_test_top(start, n):
+      top_codes = np.asarray(vqvae.encode_levels(
+          originals[start:start + n])["top"])
+      bottom = generate.sample_bottom(priors[1], keys[start // 500],
+                                      top_codes, temperature)
+      return np.asarray(vqvae.decode_levels({"top": top_codes,
+                                             "bottom": bottom}))
+
     sets[f"bottom prior on test top codes (T={temperature:g})"] = _in_chunks(
-        lambda start, n: generate.same_top_new_bottom(
-            priors[1], originals[start:start + n], keys[start // 500], 1,
-            temperature)[0][2 * n:], len(originals))
+        bottom_given_test_top, len(originals))
   sets["train images (floor)"] = _subset(data.load(data_config, "train"),
                                          num, seed)
   sets["test images"] = _subset(test, num, seed)
