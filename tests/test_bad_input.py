@@ -216,6 +216,8 @@ def test_flag_and_config_mistakes(tmp_path):
       (["evaluate.py", f"--workdir={workdir}", "--temperature=-1"],
        ["--temperature must be > 0"]),
       (["evaluate.py", f"--workdir={workdir}", "--num=0"], ["--num must be"]),
+      (["evaluate.py", f"--workdir={workdir}", "--repeats=0"],
+       ["--repeats must be >= 1"]),
   ]
   for result, (_, needles) in zip(run_all([c for c, _ in cases]), cases):
     one_line(result, *needles)

@@ -173,6 +173,21 @@ def test_vqvae2_top_and_bottom_priors_sample_in_two_stages(tmp_path, mnist_dir,
           "test reconstructions"} <= set(report["sets"])
   assert report["sets"]["bottom prior on test top codes (T=1)"][
       "num_images"] == 8
+  # Repeats: seeds 0 and 1, each the report a single run with that seed gives.
+  second = evaluation.evaluate_run(bottom, num=8, seed=1, top_workdir=top)
+  both = evaluation.evaluate_run(bottom, num=8, top_workdir=top, repeats=2)
+  assert both["repeats"] == {"count": 2, "seeds": [0, 1]}
+  for name, score in both["sets"].items():
+    each = [report["sets"][name]["fid"], second["sets"][name]["fid"]]
+    np.testing.assert_allclose(score["fid_each"], each, rtol=1e-5)
+    np.testing.assert_allclose(score["fid"], np.mean(each), rtol=1e-5)
+    np.testing.assert_allclose(score["fid_std"], np.std(each, ddof=1),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score["inception_score"], np.mean(
+        [r["sets"][name]["inception_score"] for r in (report, second)]),
+        rtol=1e-5)
+  assert "+-" in evaluation.format_report(both)
+  assert "+-" not in evaluation.format_report(report)
 
 
 def test_cifar_shaped_vqvae2_trains_on_colour_images(tmp_path):

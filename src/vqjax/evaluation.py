@@ -155,91 +155,129 @@ def likelihood_bound(vqvae: runs.TrainedStage1,
 
 def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
                  seed: int = 0, classifier_steps: int | None = None,
-                 top_workdir: str | None = None) -> dict:
+                 top_workdir: str | None = None, repeats: int = 1) -> dict:
   """Scores what the run in `workdir` makes; see the module docstring.
 
   A VQ-VAE-2's samples need both priors: `workdir` is the bottom-level prior
   and `top_workdir` the top-level one.
 
+  FID from a few thousand images moves by about a point between sample sets
+  of one model; `repeats` R > 1 draws every set R times (seeds `seed` ..
+  `seed + R - 1`: new samples and new subsets of the real images) and reports
+  the means, with FID's spread.
+
   Returns:
     `{"classifier": {...}, "sets": {name: score}, "bits_per_dim": {...}}`;
-    each score as `Scorer.score` gives it.
+    each score as `Scorer.score` gives it, averaged over the repeats, and with
+    R > 1 also `fid_std` (sample standard deviation) and `fid_each`.
   """
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}.")
   kind = runs.run_kind(workdir)
-  key = jax.random.PRNGKey(seed)
-  keys = jax.random.split(key, -(-num // 500) + 1)
-  sets = {}
   priors = ()
   if kind == "prior":
     prior = runs.restore_prior(workdir)
     data_config, vqvae = prior.config.data, prior.vqvae
     top = generate.top_prior_for(prior, top_workdir)
-    if top is not None:
-      priors = (top, prior)
-      draw = lambda k, n: generate.hierarchical_samples(  # noqa: E731
-          top, prior, k, n, temperature)[0]
-    else:
-      priors = (prior,)
-      draw = lambda k, n: generate.prior_samples(  # noqa: E731
-          prior, k, n, temperature)[0]
-    sets[f"prior samples (T={temperature:g})"] = _in_chunks(
-        lambda start, n: draw(keys[start // 500], n), num)
-    if vqvae is not None:
-      sets["random codes"] = _in_chunks(
-          lambda start, n: generate.random_codes(
-              prior, keys[-1 - start // 500], n)[0], num)
+    priors = (prior,) if top is None else (top, prior)
   elif kind == "stage1":
     vqvae = runs.restore_stage1(workdir)
     data_config = vqvae.config.data
-    if vqvae.config.model.bottleneck == "vae":
-      sets["VAE samples (z ~ N(0, I))"] = _in_chunks(
-          lambda start, n: vqvae.sample_latents(keys[start // 500], n), num)
   else:
     raise checkpoint.CheckpointError(
         f"{workdir!r} is neither a stage-1 nor a prior run; pass the --workdir "
         "of a train_vqvae.py or train_prior.py run.")
   scorer = scorer_for(data_config, classifier_steps)
   test = data.load(data_config, "test")
-  if vqvae is not None:
-    originals = _subset(test, num, seed)
-    sets["test reconstructions"] = _in_chunks(
-        lambda start, n: np.asarray(vqvae.reconstruct(
-            originals[start:start + n])), len(originals))
-  if len(priors) == 2:  # Which prior the samples' failures come from.
+  train = data.load(data_config, "train")
 
-    def bottom_given_test_top(start, n):
-      top_codes = np.asarray(vqvae.encode_levels(
-          originals[start:start + n])["top"])
-      bottom = generate.sample_bottom(priors[1], keys[start // 500],
-                                      top_codes, temperature)
-      return np.asarray(vqvae.decode_levels({"top": top_codes,
-                                             "bottom": bottom}))
+  def draw_sets(seed: int) -> dict[str, np.ndarray]:
+    keys = jax.random.split(jax.random.PRNGKey(seed), -(-num // _BATCH) + 1)
+    sets = {}
+    if len(priors) == 2:
+      sets[f"prior samples (T={temperature:g})"] = _in_chunks(
+          lambda start, n: generate.hierarchical_samples(
+              *priors, keys[start // _BATCH], n, temperature)[0], num)
+    elif priors:
+      sets[f"prior samples (T={temperature:g})"] = _in_chunks(
+          lambda start, n: generate.prior_samples(
+              prior, keys[start // _BATCH], n, temperature)[0], num)
+    if priors and vqvae is not None:
+      sets["random codes"] = _in_chunks(
+          lambda start, n: generate.random_codes(
+              prior, keys[-1 - start // _BATCH], n)[0], num)
+    if kind == "stage1" and vqvae.config.model.bottleneck == "vae":
+      sets["VAE samples (z ~ N(0, I))"] = _in_chunks(
+          lambda start, n: vqvae.sample_latents(keys[start // _BATCH], n), num)
+    if vqvae is not None:
+      originals = _subset(test, num, seed)
+      sets["test reconstructions"] = _in_chunks(
+          lambda start, n: np.asarray(vqvae.reconstruct(
+              originals[start:start + n])), len(originals))
+    if len(priors) == 2:  # Which prior the samples' failures come from.
 
-    sets[f"bottom prior on test top codes (T={temperature:g})"] = _in_chunks(
-        bottom_given_test_top, len(originals))
-  sets["train images (floor)"] = _subset(data.load(data_config, "train"),
-                                         num, seed)
-  sets["test images"] = _subset(test, num, seed)
+      def bottom_given_test_top(start, n):
+        top_codes = np.asarray(vqvae.encode_levels(
+            originals[start:start + n])["top"])
+        bottom = generate.sample_bottom(prior, keys[start // _BATCH],
+                                        top_codes, temperature)
+        return np.asarray(vqvae.decode_levels({"top": top_codes,
+                                               "bottom": bottom}))
+
+      sets[f"bottom prior on test top codes (T={temperature:g})"] = _in_chunks(
+          bottom_given_test_top, len(originals))
+    sets["train images (floor)"] = _subset(train, num, seed)
+    sets["test images"] = _subset(test, num, seed)
+    return sets
+
+  scores = [{name: scorer.score(images)
+             for name, images in draw_sets(seed + r).items()}
+            for r in range(repeats)]
   report = {"classifier": {"dataset": data_config.name,
                            "test_accuracy": scorer.test_accuracy,
                            "cache": classifier_dir(data_config)},
-            "sets": {name: scorer.score(images)
-                     for name, images in sets.items()}}
+            "sets": {name: _mean_score([s[name] for s in scores])
+                     for name in scores[0]}}
+  if repeats > 1:
+    report["repeats"] = {"count": repeats, "seeds": [seed, seed + repeats - 1]}
   if vqvae is not None:
     report["bits_per_dim"] = likelihood_bound(vqvae, priors)
   return report
+
+
+def _mean_score(scores: list[dict]) -> dict:
+  """One set's scores over repeats: means, and FID's spread if R > 1."""
+  if len(scores) == 1:
+    return scores[0]
+  fids = [s["fid"] for s in scores]
+  histogram = np.mean([s["class_histogram"] for s in scores], axis=0)
+  return {"fid": float(np.mean(fids)),
+          "fid_std": float(np.std(fids, ddof=1)),
+          "fid_each": fids,
+          "inception_score": float(np.mean([s["inception_score"]
+                                            for s in scores])),
+          "class_histogram": [round(float(f), 4) for f in histogram],
+          "num_images": scores[0]["num_images"]}
 
 
 def format_report(report: dict) -> str:
   """The numbers of `evaluate_run` as a small table."""
   c = report["classifier"]
   width = max([28] + [len(name) + 1 for name in report["sets"]])
+  repeats = report.get("repeats")
   lines = [f"classifier on {c['dataset']}: test accuracy "
-           f"{100 * c['test_accuracy']:.2f}% ({c['cache']})",
-           f"{'images':<{width}}{'FID':>10}{'IS':>8}  predicted classes (%)"]
+           f"{100 * c['test_accuracy']:.2f}% ({c['cache']})"]
+  if repeats:
+    lines.append(f"means over {repeats['count']} sample sets (seeds "
+                 f"{repeats['seeds'][0]}-{repeats['seeds'][1]}); FID +- its "
+                 "standard deviation")
+  spread = 8 if repeats else 0
+  lines.append(f"{'images':<{width}}{'FID':>10}{'':>{spread}}{'IS':>8}"
+               "  predicted classes (%)")
   for name, score in report["sets"].items():
     histogram = " ".join(f"{100 * f:.0f}" for f in score["class_histogram"])
-    lines.append(f"{name:<{width}}{score['fid']:>10.3f}"
+    std = f" +-{score['fid_std']:<5.2f}" if repeats else ""
+    lines.append(f"{name:<{width}}{score['fid']:>10.3f}{std}"
                  f"{score['inception_score']:>8.3f}  {histogram}")
   bound = report.get("bits_per_dim")
   if bound:
