@@ -32,8 +32,13 @@ flags.DEFINE_integer("classifier_steps", None, "Steps to train the dataset's "
 flags.DEFINE_string("top_workdir", None, "VQ-VAE-2: the top-level prior run; "
                     "--workdir is then the bottom-level prior.")
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance weight w >= 0 "
+                   "(a prior trained with --config.model.label_dropout > 0; "
+                   "a VQ-VAE-2's top prior): logits c + w (c - u).")
 flags.register_validator("temperature", lambda t: t > 0,
                          "--temperature must be > 0.")
+flags.register_validator("guidance", lambda w: w >= 0,
+                         "--guidance must be >= 0.")
 flags.register_validator("num", lambda n: n >= 2, "--num must be >= 2.")
 flags.register_validator("repeats", lambda r: r >= 1, "--repeats must be >= 1.")
 FLAGS = flags.FLAGS
@@ -42,7 +47,8 @@ FLAGS = flags.FLAGS
 def main():
   report = evaluation.evaluate_run(FLAGS.workdir, FLAGS.num, FLAGS.temperature,
                                    FLAGS.seed, FLAGS.classifier_steps,
-                                   FLAGS.top_workdir, FLAGS.repeats)
+                                   FLAGS.top_workdir, FLAGS.repeats,
+                                   FLAGS.guidance)
   path = os.path.join(FLAGS.workdir, "evaluation.json")
   with open(path, "w") as f:
     json.dump(report, f, indent=2)

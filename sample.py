@@ -31,8 +31,13 @@ flags.DEFINE_string("top_workdir", None,
 flags.DEFINE_integer("per_image", 4, "VQ-VAE-2: new bottom codes drawn per "
                      "test image in the same-top-codes grid.")
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance weight w >= 0 "
+                   "(a prior trained with --config.model.label_dropout > 0; "
+                   "a VQ-VAE-2's top prior): logits c + w (c - u).")
 flags.register_validator("temperature", lambda t: t > 0,
                          "--temperature must be > 0.")
+flags.register_validator("guidance", lambda w: w >= 0,
+                         "--guidance must be >= 0.")
 flags.register_validator("num", lambda n: n > 0, "--num must be > 0.")
 FLAGS = flags.FLAGS
 
@@ -45,10 +50,12 @@ def main():
   if top is not None:
     paths = generate.write_hierarchical(top, prior, outdir, FLAGS.num,
                                         FLAGS.temperature, FLAGS.seed,
-                                        FLAGS.method, FLAGS.per_image)
+                                        FLAGS.method, FLAGS.per_image,
+                                        FLAGS.guidance)
   else:
     paths = generate.write_all(prior, outdir, FLAGS.num, FLAGS.temperature,
-                               FLAGS.seed, FLAGS.method, FLAGS.near_fraction)
+                               FLAGS.seed, FLAGS.method, FLAGS.near_fraction,
+                               FLAGS.guidance)
   print(f"Wrote {len(paths)} grids in {time.perf_counter() - start:.1f} s:")
   for path in paths:
     print(f"  {path}")

@@ -5,12 +5,15 @@
   python benchmarks/sampling_speed.py --json     # machine-readable output
   python benchmarks/sampling_speed.py --only vqvae2_top_7x7_K512 \
       --set model.attention_every=0              # a shipped prior, changed
+  python benchmarks/sampling_speed.py --only prior_7x7_K512 \
+      --set model.label_dropout=0.1 --set sample.guidance=1.0  # guided
 
 Each sampler is compiled and run once first (warm-up), then timed as the
 median of a few runs. A plain step is a full forward pass of fixed cost, so
 where a full plain run would take too long (28x28: H*W full passes per batch)
 it is timed over its first `plain_steps` steps and extrapolated to H*W*C steps;
-the output says so.
+the output says so. With `sample.guidance` > 0 both samplers run with
+classifier-free guidance (the batch twice over, `vqjax.sampling`).
 
 The priors are built from the shipped configs (`configs/<name>.py[:variant]`,
 `--set key=value` to change one); the VQ-VAE-2 bottom prior samples given
@@ -119,17 +122,19 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
       top_codes=None if top is None else top_codes[:1])
   key = jax.random.key(0)
   total_steps = h * w * c
+  guided = dict(guidance=config.sample.guidance,
+                null_label=build.null_label(config, num_classes))
 
   cached_compile, cached_s = _time(
       lambda: sampling.sample(model, params, key, shape, method="cached",
-                              labels=labels, top_codes=top_codes),
+                              labels=labels, top_codes=top_codes, **guided),
       repeats)
 
   steps = total_steps if plain_steps is None else min(plain_steps, total_steps)
   plain_compile, plain_run_s = _time(
       lambda: sampling._run(model, params, key, shape, 1.0, labels, None,
                             "plain", top_codes, False, return_logits=False,
-                            num_steps=steps)[0],
+                            num_steps=steps, **guided)[0],
       plain_repeats)
   plain_s = plain_run_s * total_steps / steps
 
@@ -140,7 +145,9 @@ def bench(name: str, cfg: dict, batch: int, repeats: int, plain_repeats: int,
       "model": f"configs/{cfg['config']}.py"
                + (f":{cfg['variant']}" if cfg.get("variant") else "") + ": "
                + ", ".join(f"{k}={v}" for k, v in config.model.items()
-                           if k != "conditional"),
+                           if k != "conditional")
+               + (f"; guidance {config.sample.guidance:g}"
+                  if config.sample.guidance else ""),
       "plain_seconds": plain_s,
       "plain_samples_per_s": batch / plain_s,
       "plain_steps_timed": steps,

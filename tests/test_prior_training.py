@@ -1,6 +1,6 @@
-"""Prior training that generalises: the parameters' moving average (EMA) and
-dropout, exact under resume and on any device count; the saved run restores
-the average."""
+"""Prior training that generalises: the parameters' moving average (EMA),
+dropout and label dropout (for classifier-free guidance), exact under resume
+and on any device count; the saved run restores the average."""
 
 import os
 import textwrap
@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, load_config, run_python
 from vqjax import data, runs
+from vqjax.checkpoint import CheckpointError
 from vqjax.configs import ConfigError
 from vqjax.train import loop
 from vqjax.train import prior as prior_lib
@@ -27,8 +28,10 @@ def _datasets():
   return make(64), make(20), V
 
 
-def _config(num_steps, ema_decay=0.9, dropout=0.3, attention_every=1):
+def _config(num_steps, ema_decay=0.9, dropout=0.3, attention_every=1,
+            label_dropout=0.5):
   config = load_config("mnist_prior", "tiny")
+  config.model.label_dropout = label_dropout
   config.vqvae_workdir = ""
   config.model.attention_every = attention_every
   config.model.attention_heads = 2
@@ -77,15 +80,59 @@ def test_ema_and_dropout_are_exact_under_resume_and_restore_the_average(
   for x, y in zip(leaves(restored.variables["params"]),
                   leaves(a["ema_params"])):
     np.testing.assert_array_equal(x, y)
-  # A run with an average resumes only with one.
+  # A run with an average resumes only with one; with label dropout only
+  # with label dropout (its model has the extra "no label" class).
   with pytest.raises(ConfigError, match="ema_decay"):
     _train(_config(6, ema_decay=0.0), whole)
+  with pytest.raises(CheckpointError, match="model.label_dropout=0.5"):
+    _train(_config(6, label_dropout=0.0), whole)
+  assert restored.null_label == 3 and restored.num_classes == 3
+  assert restored.model.num_classes == 4
+  from vqjax import generate
+  _, guided = generate.prior_samples(restored, jax.random.PRNGKey(0), 4,
+                                     guidance=2.0)
+  assert guided.shape == (4, 4, 4, 1) and guided.max() < V
+
+
+def test_label_dropout_trains_each_example_on_its_label_or_on_none(tmp_path):
+  """Each training example's NLL is the model's with its label or, with
+  probability p, with the "no label" class; the test NLL keeps the label."""
+  import jax.numpy as jnp
+  from vqjax import parallel
+  config = _config(2, dropout=0.0, attention_every=0, label_dropout=0.5)
+  task = prior_lib.PriorTask(config, str(tmp_path), _datasets())
+  batch = next(data.train_batches(task.train_data, 64, seed=0))
+  params = task.create_train_state(
+      jax.random.PRNGKey(0), {k: v[:1] for k, v in batch.items()}).params
+  one = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+  nll = jax.pmap(lambda p, b: task._nll(task.model, p, b, jnp.asarray(7)),
+                 axis_name=parallel.AXIS)(one(params), one(batch))[0]
+  x = jnp.asarray(batch["image"], jnp.int32)
+  with_label, without = (task._sum_nll(task.model.apply(
+      {"params": params}, x, labels), x) for labels in
+      (batch["label"], jnp.full((64,), task.null_label)))
+  dropped = np.isclose(nll, without, rtol=1e-6)
+  kept = np.isclose(nll, with_label, rtol=1e-6)
+  assert not np.any(np.isclose(with_label, without, rtol=1e-6))
+  assert np.all(dropped ^ kept) and 16 <= dropped.sum() <= 48
+  metrics = _train(config, str(tmp_path / "run"))
+  assert np.isfinite(metrics["bits"])
+  with pytest.raises(ConfigError, match="label_dropout=1.0 must be in"):
+    prior_lib.PriorTask(_config(2, label_dropout=1.0), "", _datasets())
+  unlabelled = _config(2, label_dropout=0.3)
+  unlabelled.model.conditional = False
+  with pytest.raises(ConfigError, match="drops the class or cluster"):
+    prior_lib.PriorTask(unlabelled, "", _datasets())
+  unguidable = _config(2, label_dropout=0.0)
+  unguidable.sample.guidance = 1.0
+  with pytest.raises(ConfigError, match="sample.guidance=1.0 needs"):
+    prior_lib.PriorTask(unguidable, "", _datasets())
 
 
 def test_without_ema_the_state_and_the_run_hold_the_parameters(tmp_path):
   workdir = str(tmp_path / "plain")
-  metrics = _train(_config(2, ema_decay=0.0, dropout=0.0, attention_every=0),
-                   workdir)
+  metrics = _train(_config(2, ema_decay=0.0, dropout=0.0, attention_every=0,
+                           label_dropout=0.0), workdir)
   assert np.isfinite(metrics["bits"])
   state = _state(workdir)
   assert state.get("ema_params") is None
@@ -134,6 +181,7 @@ DEVICES_SCRIPT = textwrap.dedent("""
 
 
 def test_two_devices_draw_the_dropout_masks_of_one_and_average_alike():
+  """... and drop the labels of one (`_config` has label dropout)."""
   result = run_python(["-c", DEVICES_SCRIPT], env={
       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
       "PYTHONPATH": REPO + "/src"}, timeout=900)

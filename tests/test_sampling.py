@@ -216,3 +216,45 @@ def test_cached_sampler_with_attention_matches_full_forward(conditioned):
   assert {"attention_1"} <= set(params["params"])
   key = jax.random.key(3)
   _assert_cached_equals_plain(model, params, key, shape, 0.9, labels, cond)
+
+
+@pytest.mark.parametrize("attention_every", [0, 2])
+def test_classifier_free_guidance_draws_from_the_guided_logits(
+    attention_every):
+  """With guidance w each value is drawn from c + w (c - u): greedily, the
+  argmax of the full model's logits on the finished samples with the labels
+  (c) and with the "no label" class (u); either sampler draws the same
+  samples; w = 0, even traced, is the conditional sampler."""
+  b, h, w = 3, 3, 4
+  null = 3
+  model = GatedPixelCNN(
+      num_values=6, features=8, num_layers=3, kernel_size=3, head_features=8,
+      attention_every=attention_every, attention_heads=2, num_classes=null + 1,
+      cond_features=2)
+  labels = jnp.array([0, 2, 1])
+  cond = jnp.asarray(np.random.default_rng(0).standard_normal(
+      (b, h, w, 2)).astype(np.float32))
+  shape = (b, h, w, 1)
+  params = random_params(model, jnp.zeros(shape, jnp.int32), labels, cond,
+                         seed=4, logit_scale=3.0)
+  guided = lambda key, method, weight, **kw: sample(  # noqa: E731
+      model, params, key, shape, labels=labels, cond=cond, method=method,
+      guidance=weight, null_label=null, **kw)
+  greedy = [guided(jax.random.key(0), m, 1.5, greedy=True)
+            for m in ("cached", "plain")]
+  np.testing.assert_array_equal(greedy[0], greedy[1])
+  c = model.apply(params, greedy[0], labels, cond)
+  u = model.apply(params, greedy[0], jnp.full((b,), null), cond)
+  np.testing.assert_array_equal(greedy[0], jnp.argmax(c + 1.5 * (c - u), -1))
+  assert not np.array_equal(greedy[0], jnp.argmax(c, -1))  # guidance matters
+  key = jax.random.key(5)
+  np.testing.assert_array_equal(guided(key, "cached", 2.0, temperature=0.8),
+                                guided(key, "plain", 2.0, temperature=0.8))
+  traced = jax.jit(lambda k, weight: guided(k, "cached", weight))
+  np.testing.assert_array_equal(
+      traced(key, 0.0),
+      sample(model, params, key, shape, labels=labels, cond=cond))
+  with pytest.raises(ValueError, match="null_label"):
+    sample(model, params, key, shape, labels=labels, cond=cond, guidance=1.0)
+  with pytest.raises(ValueError, match="guidance must be >= 0"):
+    guided(key, "cached", -1.0)

@@ -227,6 +227,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
   config.model.attention_every = 0  # n > 0: causal self-attention after every n-th gated layer (codes only)
   config.model.attention_heads = 4
   config.model.dropout = 0.0        # dropout in the gated layers (and attention) at training time
+  config.model.label_dropout = 0.0  # p > 0: each training example's class/cluster -> "none" w.p. p (classifier-free guidance)
   config.model.dtype = "float32"    # float32 | bfloat16 activations; logits and loss in float32
   config.model.kernels = "auto"     # auto | xla | xla_cpu (vqjax.models.build); not architecture
 
@@ -241,6 +242,7 @@ def prior_defaults() -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.temperature = 1.0
+  config.sample.guidance = 0.0     # w > 0 (needs model.label_dropout): logits c + w (c - u)
   config.sample.method = "cached"  # cached | plain
 
   config.checkpoint = ml_collections.ConfigDict()

@@ -155,7 +155,8 @@ def likelihood_bound(vqvae: runs.TrainedStage1,
 
 def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
                  seed: int = 0, classifier_steps: int | None = None,
-                 top_workdir: str | None = None, repeats: int = 1) -> dict:
+                 top_workdir: str | None = None, repeats: int = 1,
+                 guidance: float = 0.0) -> dict:
   """Scores what the run in `workdir` makes; see the module docstring.
 
   A VQ-VAE-2's samples need both priors: `workdir` is the bottom-level prior
@@ -164,7 +165,8 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
   FID from a few thousand images moves by about a point between sample sets
   of one model; `repeats` R > 1 draws every set R times (seeds `seed` ..
   `seed + R - 1`: new samples and new subsets of the real images) and reports
-  the means, with FID's spread.
+  the means, with FID's spread. `guidance` w > 0 samples the prior (a
+  VQ-VAE-2's top prior) with classifier-free guidance.
 
   Returns:
     `{"classifier": {...}, "sets": {name: score}, "bits_per_dim": {...}}`;
@@ -191,17 +193,22 @@ def evaluate_run(workdir: str, num: int = 3000, temperature: float = 1.0,
   test = data.load(data_config, "test")
   train = data.load(data_config, "train")
 
+  samples = f"prior samples (T={temperature:g}" + (
+      f", guidance {guidance:g})" if guidance else ")")
+
   def draw_sets(seed: int) -> dict[str, np.ndarray]:
     keys = jax.random.split(jax.random.PRNGKey(seed), -(-num // _BATCH) + 1)
     sets = {}
     if len(priors) == 2:
-      sets[f"prior samples (T={temperature:g})"] = _in_chunks(
+      sets[samples] = _in_chunks(
           lambda start, n: generate.hierarchical_samples(
-              *priors, keys[start // _BATCH], n, temperature)[0], num)
+              *priors, keys[start // _BATCH], n, temperature,
+              guidance=guidance)[0], num)
     elif priors:
-      sets[f"prior samples (T={temperature:g})"] = _in_chunks(
+      sets[samples] = _in_chunks(
           lambda start, n: generate.prior_samples(
-              prior, keys[start // _BATCH], n, temperature)[0], num)
+              prior, keys[start // _BATCH], n, temperature,
+              guidance=guidance)[0], num)
     if priors and vqvae is not None:
       sets["random codes"] = _in_chunks(
           lambda start, n: generate.random_codes(

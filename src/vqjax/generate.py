@@ -20,18 +20,33 @@ from vqjax.runs import TrainedPrior, restore_prior, samples_to_images
 
 def prior_samples(prior: TrainedPrior, key: jax.Array, num: int,
                   temperature: float = 1.0, labels: np.ndarray | None = None,
-                  method: str = "cached") -> tuple[np.ndarray, np.ndarray]:
+                  method: str = "cached", guidance: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """Ancestral samples from the prior (decoded by the VQ-VAE if it has one).
   Without `labels`, a class-conditional prior cycles through its classes and
-  a cluster-conditioned one draws its clusters (`draw_labels`)."""
+  a cluster-conditioned one draws its clusters (`draw_labels`). `guidance`
+  w > 0: classifier-free guidance (`vqjax.sampling`), for a prior trained
+  with label dropout."""
   if labels is None:
     key, labels = draw_labels(prior, key, num)
-  samples = sampling.sample(
-      prior.model, prior.variables, key, (num,) + prior.sample_shape,
-      temperature, labels=None if labels is None else jnp.asarray(labels, jnp.int32),
-      method=method)
-  samples = np.asarray(samples)
+  samples = np.asarray(_sample(prior, key, num, temperature, labels, method,
+                               guidance))
   return samples_to_images(samples, prior.vqvae), samples
+
+
+def _sample(prior: TrainedPrior, key: jax.Array, num: int, temperature: float,
+            labels, method: str, guidance: float) -> jax.Array:
+  if guidance and prior.null_label is None:
+    raise ConfigError(f"--guidance={guidance:g} needs a prior trained with "
+                      "label dropout, but the prior in "
+                      f"{prior.workdir} was not; retrain it with "
+                      "--config.model.label_dropout=0.1 or leave --guidance "
+                      "at 0.")
+  return sampling.sample(
+      prior.model, prior.variables, key, (num,) + prior.sample_shape,
+      temperature,
+      labels=None if labels is None else jnp.asarray(labels, jnp.int32),
+      method=method, guidance=guidance, null_label=prior.null_label)
 
 
 def draw_labels(prior: TrainedPrior, key: jax.Array, num: int
@@ -50,13 +65,14 @@ def draw_labels(prior: TrainedPrior, key: jax.Array, num: int
 
 def class_rows(prior: TrainedPrior, key: jax.Array, per_class: int,
                temperature: float = 1.0, method: str = "cached",
-               classes: np.ndarray | None = None):
+               classes: np.ndarray | None = None, guidance: float = 0.0):
   """A row of `per_class` samples for each of `classes` (default: every
   class, or cluster, of a conditional prior)."""
   if classes is None:
     classes = np.arange(prior.num_classes)
   labels = np.repeat(classes, per_class)
-  return prior_samples(prior, key, len(labels), temperature, labels, method)
+  return prior_samples(prior, key, len(labels), temperature, labels, method,
+                       guidance)
 
 
 def random_codes(prior: TrainedPrior, key: jax.Array, num: int):
@@ -126,7 +142,8 @@ def codes_near_test(prior: TrainedPrior, test_images: np.ndarray,
 
 def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
               temperature: float = 1.0, seed: int = 0, method: str = "cached",
-              near_fraction: float = 0.25) -> list[str]:
+              near_fraction: float = 0.25, guidance: float = 0.0
+              ) -> list[str]:
   """Writes every mode that applies to `prior` as `<mode>_step<S>.png` and
   `.npy` (S: the prior's checkpoint step). Codes near test codes are left
   out for more than `MAX_NEIGHBOUR_CODES` codes per channel."""
@@ -147,15 +164,16 @@ def write_all(prior: TrainedPrior, outdir: str, num: int = 64,
     written.append(images.save_grid(stem(mode) + ".png", pictures, num_cols))
 
   save("prior_samples", *prior_samples(prior, keys[0], num, temperature,
-                                       method=method))
+                                       method=method, guidance=guidance))
   if prior.cluster_counts is not None:  # the `cols` largest clusters
     largest = np.argsort(-prior.cluster_counts, kind="stable")[:cols]
-    save("cluster_conditional", *class_rows(prior, keys[1], cols, temperature,
-                                            method, largest), cols)
+    save("cluster_conditional", *class_rows(
+        prior, keys[1], cols, temperature, method, largest, guidance), cols)
   elif prior.num_classes:
     per_class = max(1, num // prior.num_classes)
-    save("class_conditional", *class_rows(prior, keys[1], per_class,
-                                          temperature, method), per_class)
+    save("class_conditional", *class_rows(
+        prior, keys[1], per_class, temperature, method, guidance=guidance),
+         per_class)
   if prior.vqvae is not None:
     save("random_codes", *random_codes(prior, keys[2], num))
   if prior.vqvae is not None and \
@@ -220,19 +238,18 @@ def sample_bottom(bottom: TrainedPrior, key: jax.Array, top_codes: np.ndarray,
 
 def hierarchical_samples(top: TrainedPrior, bottom: TrainedPrior,
                          key: jax.Array, num: int, temperature: float = 1.0,
-                         method: str = "cached"):
-  """Multi-stage generation: top codes from the top prior, bottom codes from
-  the bottom prior given them, both decoded by the VQ-VAE-2.
+                         method: str = "cached", guidance: float = 0.0):
+  """Multi-stage generation: top codes from the top prior (guided by
+  `guidance` if it was trained with label dropout), bottom codes from the
+  bottom prior given them, both decoded by the VQ-VAE-2.
 
   Returns (uint8 images `[N, H, W, C]`, `{"top": [N, h_t, w_t, C_codes],
   "bottom": [N, h_b, w_b, C_codes]}`).
   """
   k_top, k_bottom = jax.random.split(key)
   k_top, labels = draw_labels(top, k_top, num)
-  top_codes = np.asarray(sampling.sample(
-      top.model, top.variables, k_top, (num,) + top.sample_shape, temperature,
-      labels=None if labels is None else jnp.asarray(labels, jnp.int32),
-      method=method))
+  top_codes = np.asarray(_sample(top, k_top, num, temperature, labels, method,
+                                 guidance))
   codes = {"top": top_codes,
            "bottom": sample_bottom(bottom, k_bottom, top_codes, temperature,
                                    method)}
@@ -262,8 +279,8 @@ def same_top_new_bottom(bottom: TrainedPrior, test_images: np.ndarray,
 
 def write_hierarchical(top: TrainedPrior, bottom: TrainedPrior, outdir: str,
                        num: int = 64, temperature: float = 1.0, seed: int = 0,
-                       method: str = "cached", per_image: int = 4
-                       ) -> list[str]:
+                       method: str = "cached", per_image: int = 4,
+                       guidance: float = 0.0) -> list[str]:
   """Writes `hierarchical_samples_step<S>.png/.npz` and
   `same_top_new_bottom_step<S>.png/.npy` (S: the bottom prior's step), for
   priors paired by `top_prior_for`."""
@@ -276,7 +293,7 @@ def write_hierarchical(top: TrainedPrior, bottom: TrainedPrior, outdir: str,
     return os.path.join(outdir, f"{mode}_step{bottom.step:06d}")
 
   pictures, codes = hierarchical_samples(top, bottom, keys[0], num,
-                                         temperature, method)
+                                         temperature, method, guidance)
   np.savez(stem("hierarchical_samples") + ".npz", **codes)
   written = [images.save_grid(stem("hierarchical_samples") + ".png", pictures,
                               max(1, math.ceil(math.sqrt(num))))]

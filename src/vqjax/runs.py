@@ -290,6 +290,13 @@ class TrainedPrior:
     return int(self.meta.get("num_classes") or 0)
 
   @property
+  def null_label(self) -> int | None:
+    """The class meaning "no label" of a prior trained with label dropout,
+    which classifier-free guidance samples with; None otherwise."""
+    label = self.meta.get("null_label")
+    return None if label is None else int(label)
+
+  @property
   def cluster_counts(self) -> np.ndarray | None:
     """`[C]` training examples per cluster of a cluster-conditioned prior
     (`vqjax.clusters`), which samples its clusters in these proportions;

@@ -27,6 +27,13 @@ The value at raster step t = (i * W + j) * C + c is drawn with
 `jax.random.categorical(jax.random.fold_in(key, t), logits / temperature)`
 (or the argmax when `greedy`), so it depends only on (key, t) and the
 logits, whichever sampler computes them.
+
+Classifier-free guidance (Ho & Salimans, 2022; `guidance` w > 0, for a prior
+trained with label dropout) runs either sampler on the batch twice over, the
+second copy with the "no label" class, and draws every value from
+c + w (c - u), c and u the conditional and unconditional logits; both copies
+take the drawn value, so u is the unconditional model's view of the same
+sample. w = 0 is the conditional prior.
 """
 
 from __future__ import annotations
@@ -66,7 +73,8 @@ def sample(model: AutoregressiveModel, variables, key: Array,
            shape: tuple[int, int, int, int], temperature: float | Array = 1.0,
            labels: Array | None = None, cond: Array | None = None,
            method: str = "cached", top_codes: Array | None = None,
-           greedy: bool = False) -> Array:
+           greedy: bool = False, guidance: float = 0.0,
+           null_label: int | None = None) -> Array:
   """Draws samples x ~ p(x | labels, cond) in raster order.
 
   Works inside a caller's `jit` (the temperature may be traced).
@@ -84,12 +92,16 @@ def sample(model: AutoregressiveModel, variables, key: Array,
     top_codes: [B, h_t, w_t, 1] int, a VQ-VAE-2 bottom prior's top codes.
     greedy: take the most likely value at every step (no randomness;
       `temperature` is ignored).
+    guidance: w >= 0, classifier-free guidance (see the module docstring);
+      w > 0 needs `labels` and `null_label`. May be traced.
+    null_label: the model's "no label" class (`TrainedPrior.null_label`).
 
   Returns:
     [B, H, W, C] int32 samples in [0, V).
   """
   samples, _ = _run(model, variables, key, shape, temperature, labels, cond,
-                    method, top_codes, greedy, return_logits=False)
+                    method, top_codes, greedy, return_logits=False,
+                    guidance=guidance, null_label=null_label)
   return samples
 
 
@@ -114,16 +126,37 @@ def sample_with_logits(model: AutoregressiveModel, variables, key: Array,
 
 
 def _run(model, variables, key, shape, temperature, labels, cond, method,
-         top_codes, greedy, return_logits, num_steps=None):
+         top_codes, greedy, return_logits, num_steps=None, guidance=0.0,
+         null_label=None):
+  guided = isinstance(guidance, jax.core.Tracer) or guidance != 0
+  if guided:  # the batch twice: [conditional; "no label"] copies
+    if not isinstance(guidance, jax.core.Tracer) and not guidance > 0:
+      raise ValueError(f"guidance must be >= 0, got {guidance}.")
+    if null_label is None or labels is None:
+      raise ValueError("guidance needs labels and the model's null_label (a "
+                       "prior trained with --config.model.label_dropout > 0).")
+    if return_logits:
+      raise ValueError("sample_with_logits does not take guidance.")
+    b = shape[0]
+    both = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
+    labels = jnp.concatenate([jnp.asarray(labels, jnp.int32),
+                              jnp.full((b,), null_label, jnp.int32)])
+    cond, top_codes = both(cond), both(top_codes)
+    shape = (2 * b,) + tuple(shape[1:])
   if top_codes is not None:
     if cond is not None:
       raise ValueError("pass top_codes or cond, not both.")
     cond = model.apply(variables, top_codes, method="condition")
   shape = _check_args(model, shape, temperature, labels, cond, method)
   temperature = jnp.asarray(temperature, jnp.float32)
-  return _sample_jit(model, variables, key, temperature, labels, cond,
-                     shape=shape, method=method, return_logits=return_logits,
-                     num_steps=num_steps, greedy=bool(greedy))
+  samples, logits = _sample_jit(
+      model, variables, key, temperature, labels, cond,
+      jnp.asarray(guidance, jnp.float32) if guided else None, shape=shape,
+      method=method, return_logits=return_logits, num_steps=num_steps,
+      greedy=bool(greedy))
+  if guided:
+    return samples[:shape[0] // 2], None
+  return samples, logits
 
 
 def _check_args(model, shape, temperature, labels, cond, method):
@@ -172,11 +205,22 @@ def _draw(key: Array, step, logits: Array, temperature: Array,
   ).astype(jnp.int32)
 
 
+def _guided_draw(key: Array, step, logits: Array, temperature: Array, *,
+                 draw, guidance: Array) -> Array:
+  """`draw` from c + w (c - u) for logits [2B, V] = [c; u]; -> [2B], both
+  copies the same values."""
+  cond, uncond = jnp.split(logits, 2)
+  values = draw(key, step, cond + guidance * (cond - uncond), temperature)
+  return jnp.concatenate([values, values])
+
+
 @functools.partial(jax.jit, static_argnames=(
     "model", "shape", "method", "return_logits", "num_steps", "greedy"))
-def _sample_jit(model, params, key, temperature, labels, cond, *, shape,
-                method, return_logits, num_steps, greedy):
+def _sample_jit(model, params, key, temperature, labels, cond, guidance, *,
+                shape, method, return_logits, num_steps, greedy):
   draw = functools.partial(_draw, greedy=greedy)
+  if guidance is not None:  # batch = [conditional; unconditional] copies
+    draw = functools.partial(_guided_draw, draw=draw, guidance=guidance)
   if method == "plain":
     return _sample_plain(model, params, key, temperature, labels, cond, shape,
                          return_logits, draw, num_steps)

@@ -147,6 +147,18 @@ def check_quantizer(config: ml_collections.ConfigDict) -> None:
                       "(docs/quantizers.md).") from e
 
 
+def null_label(config: ml_collections.ConfigDict,
+               num_classes: int) -> int | None:
+  """The class index meaning "no label" of a prior trained with
+  `model.label_dropout > 0` on `num_classes` classes (or clusters): the extra
+  last class of its embedding, which classifier-free guidance samples with
+  (`vqjax.sampling.sample`); None for other priors."""
+  m = config.model
+  if not m.get("label_dropout") or not (m.conditional or m.num_clusters):
+    return None
+  return num_classes
+
+
 def code_prior(config: ml_collections.ConfigDict, num_values: int,
                num_channels: int, num_classes: int = 0,
                top_num_codes: int = 0, top_upsamples: int = 0,
@@ -158,7 +170,9 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
     num_values: V (K codes, or 256 for pixels).
     num_channels: C of the grid.
     num_classes: the labels' classes, used iff `model.conditional`, or the
-      clusters' (`model.num_clusters`, `vqjax.clusters`).
+      clusters' (`model.num_clusters`, `vqjax.clusters`). With
+      `model.label_dropout > 0` the model has one class more, `num_classes`
+      itself, meaning "no label" (`null_label`).
     top_num_codes: > 0 for a VQ-VAE-2's bottom prior: K of its top codes,
       which it is conditioned on through a `model.cond_features`-wide map.
     top_upsamples: the top grid's downsampling relative to the bottom grid.
@@ -177,7 +191,8 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
       num_values=num_values, num_channels=num_channels, features=m.features,
       num_layers=m.num_layers, kernel_size=m.kernel_size,
       head_features=m.head_features,
-      num_classes=num_classes if m.conditional or m.num_clusters else 0,
+      num_classes=(num_classes + bool(m.label_dropout)
+                   if m.conditional or m.num_clusters else 0),
       attention_every=m.attention_every, attention_heads=m.attention_heads,
       dropout=m.dropout,
       top_num_codes=top_num_codes, top_upsamples=top_upsamples,

@@ -123,6 +123,21 @@ def check_num_clusters(config: ml_collections.ConfigDict,
   return int(num)
 
 
+def check_label_dropout(config: ml_collections.ConfigDict) -> float:
+  """`config.model.label_dropout`, checked: a probability, for a prior that
+  has a label (classes or clusters) to drop."""
+  p = config.model.label_dropout
+  if not 0.0 <= p < 1.0:
+    raise ConfigError(f"--config.model.label_dropout={p} must be in [0, 1) "
+                      "(0: off).")
+  if p and not (config.model.conditional or config.model.num_clusters):
+    raise ConfigError("--config.model.label_dropout drops the class or cluster "
+                      "the prior is conditioned on; set "
+                      "--config.model.num_clusters or "
+                      "--config.model.conditional=True, or leave it at 0.")
+  return float(p)
+
+
 class PriorTask:
   """Trains a `CodePrior` by maximum likelihood (cross-entropy in nats).
 
@@ -133,7 +148,11 @@ class PriorTask:
   the pictures and `runs.restore_prior` use. With `model.dropout > 0` each training example
   draws its dropout masks from a key folded from the seed, the step and its
   index in the global batch, so a resumed run and a run on any number of
-  devices draw the same masks.
+  devices draw the same masks. With `model.label_dropout = p` each training
+  example's class (or cluster) is replaced, with probability p drawn the same
+  way, by the model's extra "no label" class (`build.null_label`), so the
+  one network also learns the unconditional prior that classifier-free
+  guidance needs; the test NLL stays conditional.
   """
   progress_keys = ("loss", "bits")
 
@@ -173,6 +192,12 @@ class PriorTask:
     labelled = self._images["train"] if self._images else self.train_data
     self.num_clusters = check_num_clusters(config, self.level)
     self.num_classes = self.num_clusters or labelled.num_classes
+    self.label_dropout = check_label_dropout(config)
+    self.null_label = build.null_label(config, self.num_classes)
+    if config.sample.guidance and self.null_label is None:
+      raise ConfigError(f"--config.sample.guidance={config.sample.guidance} "
+                        "needs --config.model.label_dropout > 0 (and a class "
+                        "or cluster to drop); set it to 0.")
     if config.model.conditional and self.num_classes == 0:
       raise ConfigError(f"--config.model.conditional=True needs labels, but "
                         f"{config.data.name!r} has none.")
@@ -186,6 +211,7 @@ class PriorTask:
       raise ConfigError(f"--config.train.ema_decay={config.train.ema_decay} "
                         "must be in [0, 1) (0: no moving average).")
     self._dropout_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    self._label_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
 
   def _unclustered(self, split: str) -> data.Dataset:
     if self.vqvae is None:
@@ -248,7 +274,9 @@ class PriorTask:
   def checkpoint_meta(self) -> dict:
     return {"kind": "prior", "num_values": self.num_values,
             "grid_shape": list(self.sample_shape),
-            "num_classes": self.model.num_classes,
+            "num_classes": self.model.num_classes - (self.null_label
+                                                     is not None),
+            "null_label": self.null_label,
             "num_clusters": self.num_clusters,
             "cluster_counts": (self.clusters.counts.tolist() if self.clusters
                                else None),
@@ -270,28 +298,40 @@ class PriorTask:
         ema_params=params if self.config.train.ema_decay else None)
 
   def _nll(self, model: CodePrior, params, batch,
-           dropout_rng: jax.Array | None = None) -> jax.Array:
+           step: jax.Array | None = None) -> jax.Array:
     """Per-example NLL in nats, summed over positions and channels: [B].
-    With `dropout_rng`, in training mode: example n of the global batch
-    draws its dropout masks by its id n (`pixelcnn.ExampleDropout`)."""
+    With `step`, in training mode: example n of the global batch draws its
+    dropout masks (`pixelcnn.ExampleDropout`) and whether its label is
+    dropped from keys folded from the step and n."""
     x, labels, top_codes = self._inputs(batch)
-    if dropout_rng is None:
-      logits = model.apply({"params": params}, x, labels, top_codes)
-    else:
-      ids = lax.axis_index(AXIS) * x.shape[0] + jnp.arange(x.shape[0])
-      logits = model.apply({"params": params}, x, labels, top_codes,
-                           train=True, example_ids=ids,
-                           rngs={"dropout": dropout_rng})
+    if step is None or not (self.label_dropout or self.config.model.dropout):
+      return self._sum_nll(model.apply({"params": params}, x, labels,
+                                       top_codes), x)
+    ids = lax.axis_index(AXIS) * x.shape[0] + jnp.arange(x.shape[0])
+    if self.label_dropout:
+      rng = jax.random.fold_in(self._label_rng, step)
+      drop = jax.vmap(lambda i: jax.random.bernoulli(
+          jax.random.fold_in(rng, i), self.label_dropout))(ids)
+      labels = jnp.where(drop, self.null_label, labels)
+    if not self.config.model.dropout:
+      return self._sum_nll(model.apply({"params": params}, x, labels,
+                                       top_codes), x)
+    logits = model.apply({"params": params}, x, labels, top_codes,
+                         train=True, example_ids=ids,
+                         rngs={"dropout": jax.random.fold_in(
+                             self._dropout_rng, step)})
+    return self._sum_nll(logits, x)
+
+  @staticmethod
+  def _sum_nll(logits, x):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     return jnp.sum(nll, axis=(1, 2, 3))
 
   def train_step(self, state: PriorTrainState, batch: dict):
     dims = math.prod(self.sample_shape)
-    dropout_rng = (jax.random.fold_in(self._dropout_rng, state.step)
-                   if self.config.model.dropout else None)
 
     def loss_fn(params):
-      return jnp.mean(self._nll(self.model, params, batch, dropout_rng)) / dims
+      return jnp.mean(self._nll(self.model, params, batch, state.step)) / dims
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grads = lax.pmean(grads, AXIS)
@@ -352,7 +392,8 @@ class PriorTask:
     samples = np.asarray(sampling.sample(
         self.eval_model, {"params": state.eval_params()}, key,
         (n,) + self.sample_shape, self.config.sample.temperature,
-        labels=labels, top_codes=top, method=self.config.sample.method))
+        labels=labels, top_codes=top, method=self.config.sample.method,
+        guidance=self.config.sample.guidance, null_label=self.null_label))
     if top is not None:
       pictures = np.asarray(self.vqvae.decode_levels(
           {"top": top, "bottom": samples}))
