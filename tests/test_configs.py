@@ -41,9 +41,14 @@ def test_prior_configs_build(name, variant):
   model = build.code_prior(config, num_values=256, num_channels=1,
                            num_classes=10)
   assert model.features == config.model.features
-  # The class input holds the labels' classes or the clusters'.
-  assert (model.num_classes == 10) == bool(config.model.conditional or
-                                           config.model.num_clusters)
+  # The class input holds the labels' classes or the clusters', and with
+  # label dropout one more: "no label" (the last), for guidance.
+  conditioned = bool(config.model.conditional or config.model.num_clusters)
+  null = build.null_label(config, 10)
+  assert model.num_classes == (10 + (null is not None) if conditioned else 0)
+  assert null in (None, 10) and (null is None) == (not
+                                                   config.model.label_dropout)
+  assert not config.sample.guidance or null is not None
 
 
 @pytest.mark.parametrize("name", ["mnist_vqvae", "mnist_prior",

@@ -258,3 +258,6 @@ def test_classifier_free_guidance_draws_from_the_guided_logits(
     sample(model, params, key, shape, labels=labels, cond=cond, guidance=1.0)
   with pytest.raises(ValueError, match="guidance must be >= 0"):
     guided(key, "cached", -1.0)
+  with pytest.raises(ValueError, match="not a class of the model"):
+    sample(model, params, key, shape, labels=labels, cond=cond, guidance=1.0,
+           null_label=null + 1)

@@ -135,6 +135,9 @@ def _run(model, variables, key, shape, temperature, labels, cond, method,
     if null_label is None or labels is None:
       raise ValueError("guidance needs labels and the model's null_label (a "
                        "prior trained with --config.model.label_dropout > 0).")
+    if not 0 <= null_label < model.num_classes:
+      raise ValueError(f"null_label={null_label} is not a class of the model "
+                       f"(num_classes={model.num_classes}).")
     if return_logits:
       raise ValueError("sample_with_logits does not take guidance.")
     b = shape[0]
