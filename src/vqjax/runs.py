@@ -320,7 +320,7 @@ def _with_prior_defaults(config: ml_collections.ConfigDict
   of which default to off) set to their defaults."""
   defaults = configs.prior_defaults()
   with config.unlocked():
-    for group in ("model", "train"):
+    for group in ("model", "train", "sample"):
       for key, value in defaults[group].items():
         if key not in config[group]:
           config[group][key] = value
