@@ -191,7 +191,7 @@ def code_prior(config: ml_collections.ConfigDict, num_values: int,
       num_values=num_values, num_channels=num_channels, features=m.features,
       num_layers=m.num_layers, kernel_size=m.kernel_size,
       head_features=m.head_features,
-      num_classes=(num_classes + bool(m.label_dropout)
+      num_classes=(num_classes + (null_label(config, num_classes) is not None)
                    if m.conditional or m.num_clusters else 0),
       attention_every=m.attention_every, attention_heads=m.attention_heads,
       dropout=m.dropout,

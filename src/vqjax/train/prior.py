@@ -313,14 +313,11 @@ class PriorTask:
       drop = jax.vmap(lambda i: jax.random.bernoulli(
           jax.random.fold_in(rng, i), self.label_dropout))(ids)
       labels = jnp.where(drop, self.null_label, labels)
-    if not self.config.model.dropout:
-      return self._sum_nll(model.apply({"params": params}, x, labels,
-                                       top_codes), x)
-    logits = model.apply({"params": params}, x, labels, top_codes,
-                         train=True, example_ids=ids,
-                         rngs={"dropout": jax.random.fold_in(
-                             self._dropout_rng, step)})
-    return self._sum_nll(logits, x)
+    dropout = {} if not self.config.model.dropout else dict(
+        train=True, example_ids=ids,
+        rngs={"dropout": jax.random.fold_in(self._dropout_rng, step)})
+    return self._sum_nll(model.apply({"params": params}, x, labels, top_codes,
+                                     **dropout), x)
 
   @staticmethod
   def _sum_nll(logits, x):
